@@ -1,0 +1,1 @@
+"""Data: sources in the original's formats, ToyWorld, tokenization, unrolling, batching."""
