@@ -41,3 +41,35 @@ def lang_tag_id(lang: str) -> int:
     if lang not in LANG_TAGS:
         raise ValueError(f"unknown target language {lang!r}; known: {sorted(LANG_TAGS)}")
     return SPECIAL_IDS[LANG_TAGS[lang]]
+
+
+def write_vocab_with_tags(src: str, dst: str) -> None:
+    """Copy an mBERT-style vocab.txt, writing BERTGEN's tokens over its `[unusedN]` lines.
+
+    The tags keep the original's ids, so a BERTGEN checkpoint's embedding rows line up.
+    A line that is neither `[unusedN]` nor already the wanted token is an error: the file is
+    then not an mBERT-layout vocabulary and the ids would silently mean other words.
+    """
+    with open(src, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for token, idx in SPECIAL_IDS.items():
+        if idx >= len(lines):
+            raise ValueError(f"{src}: has {len(lines)} lines, too few for {token} at line {idx}")
+        have = lines[idx]
+        if have != token and not (have.startswith("[unused") and have.endswith("]")):
+            raise ValueError(f"{src}, line {idx + 1}: expected [unusedN] or {token}, found {have!r}")
+        lines[idx] = token
+    with open(dst, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def load_tokenizer(vocab_file: str):
+    """mBERT's tokenization (cased, accents kept) over a local vocab.txt, with BERTGEN's tags
+    kept whole. `BertTokenizerFast(vocab_file=...)` would silently ignore the file in transformers 5."""
+    from transformers import BertTokenizer
+    tags = [t for t in SPECIAL_IDS if t not in (PAD, UNK, CLS, SEP, MASK)]
+    return BertTokenizer(vocab_file, do_lower_case=False, strip_accents=False,
+                         tokenize_chinese_chars=True, never_split=tags,
+                         additional_special_tokens=tags)
