@@ -1,0 +1,110 @@
+"""Fixed-shape rows of unrolled examples: `faithful` (one example per row, padded, as the
+original) or `packed` (several examples per row, each its own attention segment).
+
+A row holds L tokens, P `[MASK]` target slots and R region slots. In a packed row the
+examples that use the same image regions (the unrolled prefixes of one pair) share its region
+slots, so an image is stored once per row however many of its prefixes the row holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from bertgen_jax.data.unroll import Example
+from bertgen_jax.model import KIND_PAD
+
+MODES = ("faithful", "packed")
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSpec:
+    length: int  # L tokens per row
+    targets: int  # P [MASK] slots per row (1 is enough in faithful mode)
+    regions: int  # R region slots per row
+    feature_dim: int
+
+
+def _region_key(ex: Example):
+    return (ex.image, ex.num_regions, ex.flip) if ex.num_regions else None
+
+
+def plan_rows(examples: list[Example], spec: RowSpec, mode: str = "packed", open_rows: int = 8):
+    """Indices of `examples` for each row, in a deterministic first-fit order.
+
+    Packed: each example goes to the first of the last `open_rows` rows with room for its tokens,
+    one target slot and its regions (none if the row already holds them); else a new row.
+    """
+    if mode not in MODES:
+        raise ValueError(f"row mode {mode!r} is not one of {MODES}")
+    rows, room = [], []  # room: [tokens left, targets left, regions left, region keys]
+    for i, ex in enumerate(examples):
+        key = _region_key(ex)
+        if len(ex) > spec.length or ex.num_regions > spec.regions:
+            raise ValueError(f"example of {len(ex)} tokens / {ex.num_regions} regions exceeds the row "
+                             f"({spec.length} tokens, {spec.regions} regions): raise the row size")
+        placed = False
+        if mode == "packed":
+            for r in range(max(0, len(rows) - open_rows), len(rows)):
+                tokens, targets, regions, keys = room[r]
+                need = ex.num_regions if key is not None and key not in keys else 0
+                if len(ex) <= tokens and targets >= 1 and need <= regions:
+                    rows[r].append(i)
+                    room[r] = [tokens - len(ex), targets - 1, regions - need, keys | {key}]
+                    placed = True
+                    break
+        if not placed:
+            rows.append([i])
+            room.append([spec.length - len(ex), spec.targets - 1, spec.regions - ex.num_regions, {key}])
+    return rows
+
+
+def assemble_row(examples: list[Example], spec: RowSpec, regions_of) -> dict[str, np.ndarray]:
+    """One row's arrays. `regions_of(image)` gives that image's (boxes [N, 4], features [N, D],
+    image_wh [2]) with the whole-image region first."""
+    L, P, R = spec.length, spec.targets, spec.regions
+    row = {k: np.zeros(L, np.int32) for k in ("token_ids", "token_kind", "token_type", "positions", "segment_ids")}
+    row["region_index"] = np.full(L, -1, np.int32)
+    row["region_features"] = np.zeros((R, spec.feature_dim), np.float32)
+    row["region_boxes"] = np.zeros((R, 4), np.float32)
+    row["region_image_wh"] = np.ones((R, 2), np.float32)  # ones keep the box code finite in empty slots
+    row["mask_positions"] = np.zeros(P, np.int32)
+    row["labels"] = np.zeros(P, np.int32)
+    row["label_weights"] = np.zeros(P, np.float32)
+    slots, at, used = {}, 0, 0
+    for seg, ex in enumerate(examples, start=1):
+        key = _region_key(ex)
+        if key is not None and key not in slots:
+            boxes, feats, wh = regions_of(ex.image)
+            boxes, feats = boxes[:ex.num_regions].copy(), feats[:ex.num_regions]
+            if ex.flip:  # mirror x about the image's centre: x -> (W - 1) - x
+                boxes[:, [0, 2]] = (wh[0] - 1) - boxes[:, [2, 0]]
+            n = ex.num_regions
+            row["region_boxes"][used:used + n] = boxes
+            row["region_features"][used:used + n] = feats
+            row["region_image_wh"][used:used + n] = wh
+            slots[key], used = used, used + n
+        n = len(ex)
+        span = slice(at, at + n)
+        for k in ("token_ids", "token_kind", "token_type", "positions"):
+            row[k][span] = getattr(ex, k)
+        row["segment_ids"][span] = seg
+        offset = slots[key] if key is not None else 0
+        row["region_index"][span] = np.where(ex.region_index >= 0, ex.region_index + offset, -1)
+        row["mask_positions"][seg - 1] = at + ex.mask_index
+        row["labels"][seg - 1] = ex.label
+        row["label_weights"][seg - 1] = 1.0
+        at += n
+    if at > L or len(examples) > P or used > R:
+        raise ValueError(f"row overflow: {at}/{L} tokens, {len(examples)}/{P} targets, {used}/{R} regions")
+    return row
+
+
+def real_token_fraction(batch: dict[str, np.ndarray]) -> float:
+    """Share of row positions holding a token rather than padding."""
+    return float(np.mean(batch["token_kind"] != KIND_PAD))
+
+
+def stack_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
