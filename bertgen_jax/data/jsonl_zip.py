@@ -19,11 +19,20 @@ import json
 import os
 import zipfile
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 from bertgen_jax import vocab
 from bertgen_jax.data.base64_regions import decode_regions
 from bertgen_jax.data.records import (BadRecord, CaptionRecord, DataError, SkipCounter,
                                       check_on_bad_record, handle_bad_record)
+
+class AnnotationEntry(NamedTuple):
+    line: int  # 1-based line number in the annotation file
+    image_id: str
+    zip_path: str
+    member: str
+    captions: dict  # language -> caption
+
 
 DEFAULT_FIELDS = {"caption_en": "en", "caption_de": "de"}
 
@@ -123,6 +132,12 @@ class JsonlZipCaptions:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def entries(self) -> list[AnnotationEntry]:
+        """Each usable line's location and captions, without decoding its features: what the
+        prepare step and tokenization need (features come from the prepared store)."""
+        return [AnnotationEntry(*e) for e in self._entries]
 
     def __getitem__(self, index: int) -> CaptionRecord:
         number, image_id, zip_path, member, captions = self._entries[index]

@@ -114,9 +114,8 @@ def _distinct_images(sources: list[JsonlZipCaptions]):
     first: dict[str, tuple[str, int, str]] = {}  # image id -> (file, line, zip@/member)
     refs, zips = [], set()
     for source in sources:
-        # The reader keeps each line's feature location only in its entry table; reading
-        # it lets an image be decoded once instead of once per caption line.
-        for index, (number, image_id, zip_path, member, _) in enumerate(source._entries):
+        # Feature locations without decoding: each image is then decoded once, not once per line.
+        for index, (number, image_id, zip_path, member, _) in enumerate(source.entries):
             where = f"{os.path.realpath(zip_path)}@/{member}"
             if image_id in first:
                 path, line, seen = first[image_id]
