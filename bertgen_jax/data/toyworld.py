@@ -62,6 +62,8 @@ def fields(a: str, b: str) -> dict:
 
 
 def frcnn_path(split: str, image_id: int) -> str:
+    # Annotation files sit next to the zips, so this path reads the same whether a reader
+    # resolves it against the corpus root or against the annotation file's folder.
     return f"{split}_frcnn.zip@/{image_id:08d}.json"
 
 
@@ -114,7 +116,7 @@ def _ic(corpus: Corpus, scale: Scale) -> None:
             imgs = corpus.images[split]
             if (pair, split) == ("en-tr", "train"):
                 imgs = imgs[: scale.tr_train_images]
-            path = f"ic/{pair}_{split}.jsonl"
+            path = f"ic_{pair}_{split}.jsonl"
             # One line per (image, frame), like Flickr30k's several captions per image.
             corpus.jsonl[path] = [
                 {"image": image_name(i), "frcnn": frcnn_path(split, i),
@@ -141,7 +143,7 @@ def _mmt(corpus: Corpus, rng: np.random.Generator) -> None:
     for (src, tgt), splits in directions:
         slot = fields(src, tgt)
         for split in splits:
-            path = f"mmt/{src}-{tgt}_{split}.jsonl"
+            path = f"mmt_{src}-{tgt}_{split}.jsonl"
             records = []
             for i, scene in corpus.images[split]:
                 frame = str(rng.choice(captions.caption_frames(scene)))
