@@ -40,19 +40,37 @@ _VLBERT_RENAMES = [
     (r"^vlbert\.encoder\.", "encoder."),
     (r"^vlbert\.mlm_head\.predictions\.", "cls.predictions."),
 ]
-# Hugging Face-style names -> canonical names (our module paths).
-_HF_RENAMES = [
-    (r"^embeddings\.LayerNorm\.", "embeddings.layer_norm."),
-    (r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.", r"layers.\1.attention.\2."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"layers.\1.attention.output."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.", r"layers.\1.attention_ln."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"layers.\1.intermediate."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"layers.\1.output."),
-    (r"^encoder\.layer\.(\d+)\.output\.LayerNorm\.", r"layers.\1.output_ln."),
-    (r"^cls\.predictions\.transform\.dense\.", "mlm_head.dense."),
-    (r"^cls\.predictions\.transform\.LayerNorm\.", "mlm_head.layer_norm."),
-    (r"^cls\.predictions\.bias$", "mlm_head.bias"),
+# Hugging Face BERT names (no `bert.` prefix) <-> canonical names (our module paths), one
+# table read both ways: loading renames left to right, export right to left.
+_TEXT_NAMES = [
+    ("embeddings.word_embeddings.", "embeddings.word_embeddings."),
+    ("embeddings.position_embeddings.", "embeddings.position_embeddings."),
+    ("embeddings.token_type_embeddings.", "embeddings.token_type_embeddings."),
+    ("embeddings.LayerNorm.", "embeddings.layer_norm."),
+    ("encoder.layer.{n}.attention.self.{qkv}.", "layers.{n}.attention.{qkv}."),
+    ("encoder.layer.{n}.attention.output.dense.", "layers.{n}.attention.output."),
+    ("encoder.layer.{n}.attention.output.LayerNorm.", "layers.{n}.attention_ln."),
+    ("encoder.layer.{n}.intermediate.dense.", "layers.{n}.intermediate."),
+    ("encoder.layer.{n}.output.dense.", "layers.{n}.output."),
+    ("encoder.layer.{n}.output.LayerNorm.", "layers.{n}.output_ln."),
+    ("cls.predictions.transform.dense.", "mlm_head.dense."),
+    ("cls.predictions.transform.LayerNorm.", "mlm_head.layer_norm."),
+    ("cls.predictions.bias", "mlm_head.bias"),
 ]
+_SLOTS = {"n": r"(?P<n>\d+)", "qkv": r"(?P<qkv>query|key|value)"}
+
+
+def _rename(name: str, to_canonical: bool) -> str | None:
+    """Rename a prefix by `_TEXT_NAMES`; None when no entry matches."""
+    for hf, ours in _TEXT_NAMES:
+        src, dst = (hf, ours) if to_canonical else (ours, hf)
+        pattern = "^" + re.sub(r"\\\{(\w+)\\\}", lambda m: _SLOTS[m.group(1)], re.escape(src))
+        m = re.match(pattern, name)
+        if m:
+            return dst.format(**m.groupdict()) + name[m.end():]
+    return None
+
+
 # Present in checkpoints, deliberately not loaded: tied copies, the pooler, other heads' parts.
 _IGNORED = re.compile(r"^(cls\.predictions\.decoder\.|pooler\.|cls\.seq_relationship\.|"
                       r"embeddings\.position_ids$|vlbert\.pooler\.|vlbert\.mvrc_head\.|"
@@ -131,9 +149,7 @@ def canonical_names(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray]
         if _IGNORED.match(name):
             ignored.append(key)
             continue
-        for pattern, repl in _HF_RENAMES:
-            name = re.sub(pattern, repl, name)
-        named[name] = value
+        named[_rename(name, to_canonical=True) or name] = value
     return named, ignored
 
 
@@ -280,9 +296,10 @@ def export_hf(model: BertGen, out_dir: str, vocab_file: str | None = None) -> No
         canonical["embeddings.position_embeddings.weight"] + canonical["embeddings.visual_ln_text.bias"])
     state = {}
     for name, value in canonical.items():
-        hf = _hf_name(name)
+        hf = _rename(name, to_canonical=False)
         if hf is None:
-            continue
+            continue  # vision parts: BERT has no place for them
+        hf = hf if hf.startswith("cls.") else "bert." + hf
         if value.ndim == 2 and not name.startswith("embeddings."):
             value = value.T  # back to PyTorch's [out, in]
         state[hf] = np.ascontiguousarray(value, np.float32)
@@ -303,27 +320,6 @@ def export_hf(model: BertGen, out_dir: str, vocab_file: str | None = None) -> No
     if vocab_file:
         shutil.copy(vocab_file, os.path.join(out_dir, "vocab.txt"))
 
-
-def _hf_name(name: str) -> str | None:
-    """Hugging Face key of a canonical text-model name; None for parts BERT has no place for."""
-    rules = [
-        (r"^embeddings\.(word_embeddings|position_embeddings|token_type_embeddings)\.weight$",
-         r"bert.embeddings.\1.weight"),
-        (r"^embeddings\.layer_norm\.", "bert.embeddings.LayerNorm."),
-        (r"^layers\.(\d+)\.attention\.(query|key|value)\.", r"bert.encoder.layer.\1.attention.self.\2."),
-        (r"^layers\.(\d+)\.attention\.output\.", r"bert.encoder.layer.\1.attention.output.dense."),
-        (r"^layers\.(\d+)\.attention_ln\.", r"bert.encoder.layer.\1.attention.output.LayerNorm."),
-        (r"^layers\.(\d+)\.intermediate\.", r"bert.encoder.layer.\1.intermediate.dense."),
-        (r"^layers\.(\d+)\.output\.", r"bert.encoder.layer.\1.output.dense."),
-        (r"^layers\.(\d+)\.output_ln\.", r"bert.encoder.layer.\1.output.LayerNorm."),
-        (r"^mlm_head\.dense\.", "cls.predictions.transform.dense."),
-        (r"^mlm_head\.layer_norm\.", "cls.predictions.transform.LayerNorm."),
-        (r"^mlm_head\.bias$", "cls.predictions.bias"),
-    ]
-    for pattern, repl in rules:
-        if re.match(pattern, name):
-            return re.sub(pattern, repl, name)
-    return None
 
 
 def config_from_hf(path: str, cfg: ModelConfig | None = None) -> ModelConfig:
