@@ -28,8 +28,8 @@ import grain.experimental
 import numpy as np
 
 from bertgen_jax.data.records import Regions
-# _region_key: the rule by which assemble_row shares region slots, which the room count must match.
-from bertgen_jax.data.rows import MODES, RowSpec, _region_key, assemble_row, stack_rows
+# region_key: the rule by which assemble_row shares region slots, which the room count must match.
+from bertgen_jax.data.rows import MODES, RowSpec, region_key, assemble_row, stack_rows
 from bertgen_jax.data.unroll import Example, Pair, unroll
 
 # Sequence budgets of the original: text + boxes for visual tasks, text alone for MT.
@@ -78,7 +78,7 @@ class _Rows:
         self.holders: dict[tuple, np.ndarray] = {}  # region key -> rows that already hold them
 
     def add(self, ex: Example, stream: int) -> bool:
-        key = _region_key(ex)
+        key = region_key(ex)
         need = np.full(len(self.members), ex.num_regions if key is not None else 0)
         if key in self.holders:
             need[self.holders[key]] = 0  # shared with the examples of that image already there

@@ -26,7 +26,8 @@ class RowSpec:
     feature_dim: int
 
 
-def _region_key(ex: Example):
+def region_key(ex: Example):
+    """What examples sharing a row may share: the same regions of the same image, same flip."""
     return (ex.image, ex.num_regions, ex.flip) if ex.num_regions else None
 
 
@@ -40,7 +41,7 @@ def plan_rows(examples: list[Example], spec: RowSpec, mode: str = "packed", open
         raise ValueError(f"row mode {mode!r} is not one of {MODES}")
     rows, room = [], []  # room: [tokens left, targets left, regions left, region keys]
     for i, ex in enumerate(examples):
-        key = _region_key(ex)
+        key = region_key(ex)
         if len(ex) > spec.length or ex.num_regions > spec.regions:
             raise ValueError(f"example of {len(ex)} tokens / {ex.num_regions} regions exceeds the row "
                              f"({spec.length} tokens, {spec.regions} regions): raise the row size")
@@ -74,7 +75,7 @@ def assemble_row(examples: list[Example], spec: RowSpec, regions_of) -> dict[str
     row["label_weights"] = np.zeros(P, np.float32)
     slots, at, used = {}, 0, 0
     for seg, ex in enumerate(examples, start=1):
-        key = _region_key(ex)
+        key = region_key(ex)
         if key is not None and key not in slots:
             boxes, feats, wh = regions_of(ex.image)
             boxes, feats = boxes[:ex.num_regions].copy(), feats[:ex.num_regions]
