@@ -28,8 +28,7 @@ import grain.experimental
 import numpy as np
 
 from bertgen_jax.data.records import Regions
-# region_key: the rule by which assemble_row shares region slots, which the room count must match.
-from bertgen_jax.data.rows import MODES, RowSpec, region_key, assemble_row, stack_rows
+from bertgen_jax.data.rows import MODES, RowFiller, RowSpec, assemble_row, stack_rows
 from bertgen_jax.data.unroll import Example, Pair, unroll
 
 # Sequence budgets of the original: text + boxes for visual tasks, text alone for MT.
@@ -64,35 +63,6 @@ def regions_reader(source) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.n
             return found.boxes, found.features, np.array([found.image_w, found.image_h], np.float32)
         return found
     return regions_of
-
-
-class _Rows:
-    """The rows of one batch, filled first fit with plan_rows' rule for room."""
-
-    def __init__(self, spec: RowSpec, count: int, mode: str):
-        self.members: list[list[tuple[Example, int]]] = [[] for _ in range(count)]
-        self.tokens = np.full(count, spec.length)
-        # Faithful rows take one example each: a row with one target slot does exactly that.
-        self.targets = np.full(count, spec.targets if mode == "packed" else 1)
-        self.regions = np.full(count, spec.regions)
-        self.holders: dict[tuple, np.ndarray] = {}  # region key -> rows that already hold them
-
-    def add(self, ex: Example, stream: int) -> bool:
-        key = region_key(ex)
-        need = np.full(len(self.members), ex.num_regions if key is not None else 0)
-        if key in self.holders:
-            need[self.holders[key]] = 0  # shared with the examples of that image already there
-        fits = (self.tokens >= len(ex)) & (self.targets >= 1) & (self.regions >= need)
-        if not fits.any():
-            return False
-        r = int(np.argmax(fits))
-        self.members[r].append((ex, stream))
-        self.tokens[r] -= len(ex)
-        self.targets[r] -= 1
-        self.regions[r] -= need[r]
-        if key is not None:
-            self.holders.setdefault(key, np.zeros(len(self.members), bool))[r] = True
-        return True
 
 
 class BatchIterator(grain.DatasetIterator):
@@ -227,7 +197,7 @@ class BatchIterator(grain.DatasetIterator):
             raise
 
     def _next_batch(self) -> dict[str, np.ndarray]:
-        rows = _Rows(self.spec, self.rows_per_batch, self.mode)
+        rows = RowFiller(self.spec, self.rows_per_batch, self.mode)
         while True:
             s, i, t, flip = self._carry or self._draw()
             examples = self._examples_of(s, i, flip)

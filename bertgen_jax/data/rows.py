@@ -31,34 +31,58 @@ def region_key(ex: Example):
     return (ex.image, ex.num_regions, ex.flip) if ex.num_regions else None
 
 
-def plan_rows(examples: list[Example], spec: RowSpec, mode: str = "packed", open_rows: int = 8):
-    """Indices of `examples` for each row, in a deterministic first-fit order.
+class RowFiller:
+    """Rows filled first fit: an example goes to the first row with room for its tokens, one
+    target slot and its regions (none if the row already holds that image's regions).
+    Faithful rows take one example each. The one place the room rule lives."""
 
-    Packed: each example goes to the first of the last `open_rows` rows with room for its tokens,
-    one target slot and its regions (none if the row already holds them); else a new row.
-    """
-    if mode not in MODES:
-        raise ValueError(f"row mode {mode!r} is not one of {MODES}")
-    rows, room = [], []  # room: [tokens left, targets left, regions left, region keys]
-    for i, ex in enumerate(examples):
+    def __init__(self, spec: RowSpec, count: int, mode: str):
+        if mode not in MODES:
+            raise ValueError(f"row mode {mode!r} is not one of {MODES}")
+        self.spec, self.mode = spec, mode
+        self.members: list[list[tuple[Example, int]]] = []
+        self.tokens, self.targets, self.regions = (np.zeros(0, np.int64) for _ in range(3))
+        self.holders: dict[tuple, np.ndarray] = {}  # region key -> rows that already hold them
+        self.open_rows(count)
+
+    def open_rows(self, n: int = 1) -> None:
+        self.members += [[] for _ in range(n)]
+        self.tokens = np.append(self.tokens, np.full(n, self.spec.length))
+        self.targets = np.append(self.targets, np.full(n, self.spec.targets if self.mode == "packed" else 1))
+        self.regions = np.append(self.regions, np.full(n, self.spec.regions))
+        for key, rows in self.holders.items():
+            self.holders[key] = np.append(rows, np.zeros(n, bool))
+
+    def add(self, ex: Example, tag: int) -> bool:
+        """Place `ex` (remembered with `tag`); False when no row has room."""
         key = region_key(ex)
+        need = np.full(len(self.members), ex.num_regions if key is not None else 0)
+        if key in self.holders:
+            need[self.holders[key]] = 0  # shared with the examples of that image already there
+        fits = (self.tokens >= len(ex)) & (self.targets >= 1) & (self.regions >= need)
+        if not fits.any():
+            return False
+        r = int(np.argmax(fits))
+        self.members[r].append((ex, tag))
+        self.tokens[r] -= len(ex)
+        self.targets[r] -= 1
+        self.regions[r] -= need[r]
+        if key is not None:
+            self.holders.setdefault(key, np.zeros(len(self.members), bool))[r] = True
+        return True
+
+
+def plan_rows(examples: list[Example], spec: RowSpec, mode: str = "packed") -> list[list[int]]:
+    """Indices of `examples` for each row, first fit over all rows opened so far."""
+    filler = RowFiller(spec, 0, mode)
+    for i, ex in enumerate(examples):
         if len(ex) > spec.length or ex.num_regions > spec.regions:
             raise ValueError(f"example of {len(ex)} tokens / {ex.num_regions} regions exceeds the row "
                              f"({spec.length} tokens, {spec.regions} regions): raise the row size")
-        placed = False
-        if mode == "packed":
-            for r in range(max(0, len(rows) - open_rows), len(rows)):
-                tokens, targets, regions, keys = room[r]
-                need = ex.num_regions if key is not None and key not in keys else 0
-                if len(ex) <= tokens and targets >= 1 and need <= regions:
-                    rows[r].append(i)
-                    room[r] = [tokens - len(ex), targets - 1, regions - need, keys | {key}]
-                    placed = True
-                    break
-        if not placed:
-            rows.append([i])
-            room.append([spec.length - len(ex), spec.targets - 1, spec.regions - ex.num_regions, {key}])
-    return rows
+        if not filler.add(ex, i):
+            filler.open_rows(1)
+            filler.add(ex, i)
+    return [[i for _, i in members] for members in filler.members]
 
 
 def assemble_row(examples: list[Example], spec: RowSpec, regions_of) -> dict[str, np.ndarray]:
