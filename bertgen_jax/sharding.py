@@ -54,9 +54,10 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
                          devices=devices)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows split over data x fsdp; every other dimension whole; replicated over tensor."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+def batch_sharding(mesh: Mesh, row_axis: int = 0) -> NamedSharding:
+    """Rows (dimension `row_axis`) split over data x fsdp; every other dimension whole;
+    replicated over tensor."""
+    return NamedSharding(mesh, PartitionSpec(*(None,) * row_axis, BATCH_AXES))
 
 
 def _fit(spec: PartitionSpec, shape, mesh: Mesh) -> PartitionSpec:
@@ -92,14 +93,15 @@ def param_shardings(state, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
     return shardings
 
 
-def global_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """THE conversion of this process's host batch into global arrays sharded by rows over
-    data x fsdp: every process passes its own rows, in process order."""
-    sharding = batch_sharding(mesh)
+def global_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh, row_axis: int = 0) -> dict[str, jax.Array]:
+    """THE conversion of this process's host batch into global arrays sharded by rows (dimension
+    `row_axis`; the trainer's batches carry a micro-batch axis before it) over data x fsdp:
+    every process passes its own rows, in process order."""
+    sharding = batch_sharding(mesh, row_axis)
     ways = mesh.shape["data"] * mesh.shape["fsdp"]
     out = {}
     for key, value in host_batch.items():
-        rows = np.shape(value)[0] * jax.process_count()
+        rows = np.shape(value)[row_axis] * jax.process_count()
         if rows % ways:
             raise ValueError(f"batch key {key!r}: {rows} global rows do not split over data x fsdp "
                              f"= {ways} devices: make rows_per_batch x processes a multiple of {ways}")

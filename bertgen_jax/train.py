@@ -1,0 +1,269 @@
+"""`run(config, workdir)`: the training job, top to bottom.
+
+  1. data        manifest -> feature store -> tokenized task streams -> batch iterator
+  2. model       ModelConfig + initial weights (random / bert / visual / hybrid / bertgen)
+  3. steps       mesh, optimizer, train and eval steps jitted once with explicit shardings
+  4. resume      the latest checkpoint in the workdir, if any (params, optimizer, data position)
+  5. loop        step; report and check for NaN at logging steps; checkpoint; evaluate;
+                 on SIGTERM / SIGINT save the current step and return
+  6. finish      last checkpoint, decode-and-score evaluation, results table
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+
+import jax
+import numpy as np
+
+from bertgen_jax import optim, sharding, weights
+from bertgen_jax.checkpoint import Checkpoints
+from bertgen_jax.data import datasets
+from bertgen_jax.data.pipeline import BatchIterator, Stream
+from bertgen_jax.data.rows import RowSpec
+from bertgen_jax.model import ModelConfig
+from bertgen_jax.reporting import Reporter, summarize
+from bertgen_jax.step import Steps
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss or the gradient norm stopped being finite."""
+
+
+def run(config, workdir: str) -> dict:
+    """Train as `config` says, in `workdir` (resuming what is there). Returns a summary:
+    status ("finished" or "preempted"), step, compiles, last train and eval metrics, and the
+    decode-and-score result rows."""
+    missing = [f"  {path}\n      get it: {where}" for path, where in config.required_files
+               if not os.path.exists(path)]
+    if missing:
+        raise FileNotFoundError("missing files this config needs:\n" + "\n".join(missing))
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    first = jax.process_index() == 0
+    if first:
+        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(config.to_json_best_effort(indent=1) + "\n")
+
+    # 1. data
+    budgets = dict(config.data.budgets)
+    data = datasets.load(config.data, workdir, budgets.__getitem__, is_first_process=first)
+    if jax.process_count() > 1:  # the first process generated and prepared; the rest read
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("bertgen_jax data prepared")
+        if not first:
+            data = datasets.load(config.data, workdir, budgets.__getitem__, is_first_process=True)
+    train_splits = data.splits["train"]
+    if not train_splits:
+        raise ValueError(f"no train streams in {data.root}/manifest.json (data.train_streams="
+                         f"{tuple(config.data.train_streams)})")
+    stream_names = [s.name for s in train_splits]
+    feature_dim = data.store.feature_dim if data.store is not None else (config.model.feature_dim or 2048)
+
+    # 2. model
+    model, model_cfg, report = _init_model(config, len(data.tokenizer), feature_dim)
+    log.info("model: %s; %s", model_cfg, report.summary())
+
+    # 3. mesh and steps
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    rules = tuple(config.mesh.rules) or sharding.LOGICAL_AXIS_RULES
+    row_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    global_rows = config.batch.rows_per_device * row_ways
+    if global_rows % jax.process_count():
+        raise ValueError(f"{global_rows} rows per micro-batch do not split over {jax.process_count()} processes")
+    local_rows, accum = global_rows // jax.process_count(), config.batch.accum_steps
+    total = config.train.steps
+    peak = optim.peak_learning_rate(config.optim, global_rows * accum)
+    lr = optim.schedule(peak, min(config.optim.warmup_steps, total), total)
+    steps = Steps(model, optim.make_optimizer(config.optim, lr), lr, mesh, len(stream_names),
+                  config.seed, rules)
+    log.info("mesh %s; %d rows x %d micro-batches per step; peak lr %.3g", dict(mesh.shape),
+             global_rows, accum, peak)
+
+    spec = RowSpec(config.data.row_length, config.data.targets_per_row, config.data.regions_per_row, feature_dim)
+    weights_of = dict(config.data.stream_weights)
+
+    def iterator(splits, train):
+        streams = [Stream(s.name, s.pairs, weights_of.get(s.name, 1.0)) for s in splits]
+        return BatchIterator(streams, data.store, spec, local_rows, config.data.mode, budgets,
+                             seed=config.seed, process_index=jax.process_index(),
+                             process_count=jax.process_count(), train=train)
+
+    # 4. resume
+    train_it = iterator(train_splits, train=True)
+    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.checkpoint_every,
+                       config.train.keep_checkpoints, config.train.async_checkpoints)
+    start = ckpt.latest_step() or 0
+    if start:
+        params, opt_state = ckpt.restore(start, *steps.abstract_state(), train_it)
+    else:
+        params, opt_state = steps.place()
+    del model  # its arrays now live in params
+    batches = train_it.prefetch(config.data.prefetch) if config.data.prefetch else train_it
+    reporter = Reporter(os.path.join(workdir, "tensorboard"), total, enabled=first)
+    log.info("training steps %d..%d of %d streams: %s", start, total, len(stream_names), stream_names)
+
+    # 5. loop
+    stop = _StopRequest()
+    step, pending, train_metrics, eval_metrics, status = start, [], {}, {}, "finished"
+    try:
+        while step < total:
+            host = _stack([next(batches) for _ in range(accum)])
+            params, opt_state, stats = steps.train(params, opt_state, sharding.global_batch(host, mesh, 1), step)
+            step += 1
+            pending.append(stats)
+            if step % config.train.log_every == 0 or step == total:
+                train_metrics = reporter.train(step, start, pending, stream_names, steps.traces["train"])
+                pending = []
+                _check_finite(train_metrics, step, ckpt)
+            if stop.requested(step, ckpt):
+                _check_finite(summarize([stats], stream_names), step, ckpt)
+                ckpt.save(step, params, opt_state, batches, force=True)
+                status = "preempted"
+                log.warning("stop requested (signal): saved step %d, exiting", step)
+                break
+            if step % config.train.checkpoint_every == 0 or step == total:
+                _check_finite(summarize([stats], stream_names), step, ckpt)
+                ckpt.save(step, params, opt_state, batches, force=step == total)
+            if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
+                eval_metrics = _teacher_forced(steps, params, iterator, data, config, mesh, step, reporter)
+    finally:
+        stop.restore()
+        ckpt.close()
+
+    # 6. finish
+    summary = {"status": status, "step": step, "compiles": dict(steps.traces), "train": train_metrics,
+               "eval": eval_metrics, "results": [], "workdir": workdir}
+    if status == "finished":
+        summary["eval"] = _teacher_forced(steps, params, iterator, data, config, mesh, step, reporter)
+        if config.eval.decode:
+            summary["results"] = _decode_eval(steps, params, data, config, step, reporter, workdir)
+    reporter.hparams(_flat(config.to_dict()), {k: v for k, v in summary["eval"].items()
+                                              if k in ("loss", "accuracy")})
+    reporter.close()
+    if first:
+        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, default=str)
+    return summary
+
+
+def results_table(summary: dict) -> str:
+    """The console table of a run: per-stream teacher-forced metrics, then decode scores."""
+    lines = [f"run {summary['status']} at step {summary['step']} ({summary['workdir']}); "
+             f"train step compiled {summary['compiles'].get('train')}x"]
+    metrics = summary.get("eval") or summary.get("train") or {}
+    names = sorted(k.split("/", 1)[1] for k in metrics if k.startswith("loss/"))
+    if names:
+        lines += ["", "| stream (val, teacher-forced) | loss | [MASK] accuracy |", "|---|---|---|"]
+        lines += [f"| {n} | {metrics[f'loss/{n}']:.4f} | {metrics[f'accuracy/{n}']:.3f} |" for n in names]
+        lines.append(f"| all | {metrics['loss']:.4f} | {metrics['accuracy']:.3f} |")
+    if summary.get("results"):
+        from bertgen_jax import evaluate  # noqa: PLC0415
+        lines += ["", evaluate.format_table(summary["results"])]
+    return "\n".join(lines)
+
+
+def _init_model(config, vocab_size: int, feature_dim: int):
+    mc = config.model
+    kw = {f.name: mc[f.name] for f in dataclasses.fields(ModelConfig) if f.name in mc}
+    kw["vocab_size"] = mc.vocab_size or vocab_size
+    kw["feature_dim"] = mc.feature_dim or feature_dim
+    return weights.init_model(ModelConfig(**kw), mc.init, seed=config.seed,
+                              bert_path=mc.bert_path or None, vlbert_path=mc.vlbert_path or None,
+                              bertgen_path=mc.bertgen_path or None)
+
+
+def _stack(batches: list[dict]) -> dict:
+    """Micro-batches -> one host batch with a leading micro-batch axis [A, B, ...]."""
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+
+def _check_finite(metrics: dict, step: int, ckpt: Checkpoints) -> None:
+    bad = {k: metrics.get(k) for k in ("loss", "grad_norm") if not np.isfinite(metrics.get(k, 0.0))}
+    if bad:
+        ckpt.wait()
+        good = ckpt.latest_step()
+        raise TrainingDiverged(
+            f"{', '.join(f'{k}={v}' for k, v in bad.items())} by step {step}: training stopped. "
+            f"The last good checkpoint is step {good} in {ckpt.directory}" if good else
+            f"{bad} by step {step}: training stopped before any checkpoint was written. "
+            "Lower optim.lr, raise optim.warmup_steps or check the data.")
+
+
+def _teacher_forced(steps: Steps, params, iterator, data, config, mesh, step: int, reporter) -> dict:
+    """Loss and [MASK] accuracy on the first `eval.batches` val batches (same every time)."""
+    splits = [s for s in data.splits.get("val", []) if s.pairs]
+    if not splits or config.eval.batches <= 0:
+        return {}
+    it = iterator(splits, train=False)
+    stats = [steps.evaluate(params, sharding.global_batch(_stack([next(it)]), mesh, 1))
+             for _ in range(config.eval.batches)]
+    values = summarize(stats, [s.name for s in splits])
+    reporter.scalars(step, values, "eval")
+    log.info("eval at step %d: loss %.4f acc %.3f", step, values["loss"], values["accuracy"])
+    return values
+
+
+def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdir: str) -> list[dict]:
+    """Decode the held-out split's sets, score them, write tables; rows of the results table."""
+    from bertgen_jax import decode, evaluate  # noqa: PLC0415 (only a finished run decodes)
+    model = steps.model(jax.device_get(params))
+    max_len = dict(config.eval.max_len)
+
+    def decode_fn(pairs):
+        task = pairs[0].task
+        if config.eval.beam > 1:
+            return [ids for ids, _ in decode.beam_search(model, pairs, data.store, beam=config.eval.beam,
+                                                          max_len=max_len[task], batch_size=config.eval.decode_batch)]
+        return decode.greedy(model, pairs, data.store, max_len=max_len[task], batch_size=config.eval.decode_batch)
+
+    sets = [evaluate.EvalSet(s.name, s.task, s.src, s.tgt, s.zero_shot, s.pairs)
+            for s in data.splits.get(config.eval.decode_split, []) if s.pairs]
+    rows = evaluate.evaluate_sets(decode_fn, sets, data.tokenizer, out_dir=os.path.join(workdir, "eval"),
+                                  step=step, shuffle_images=config.eval.shuffle_images, seed=config.seed)
+    for row in rows:
+        reporter.scalars(step, {k: row.get(k) for k in ("bleu", "meteor", "cider", "rouge_l")
+                                if isinstance(row.get(k), (int, float))}, f"decode/{row['name']}")
+    return rows
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+class _StopRequest:
+    """SIGTERM (preemption) or SIGINT asks the loop to save and stop at the next step. With
+    several processes all must stop at the same step: orbax's preemption sync point decides."""
+
+    def __init__(self):
+        self.signal = None
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals to the caller
+                pass
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def requested(self, step: int, ckpt: Checkpoints) -> bool:
+        if jax.process_count() > 1:
+            return ckpt.manager.reached_preemption(step)
+        return self.signal is not None
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,41 @@
+"""Multitask BERTGEN. Variants:
+  (none)  the embedded demo: ToyWorld `demo` generated into the workdir, a small model trained
+          on all 13 ToyWorld task streams, then evaluated (decode + BLEU/METEOR/CIDEr/ROUGE-L,
+          zero-shot and shuffled-image rows); minutes on a laptop CPU
+  tiny    the same pipeline on ToyWorld `tiny` with a toy model: a smoke run of seconds
+  paper   the paper's 13-stream setup (REFERENCE.md) with hybrid mBERT + VL-BERT init
+"""
+
+from configs import base, paper
+
+
+def get_config(arg: str = ""):
+    c = base.get_config()
+    if arg == "paper":
+        return paper.configure(c)
+    if arg not in ("", "demo", "tiny"):
+        raise ValueError(f"configs/multitask.py has variants '', 'tiny' and 'paper', not {arg!r}")
+    small_model(c)
+    if arg == "tiny":
+        c.data.toyworld_scale = "tiny"
+        c.model.update(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+        c.batch.rows_per_device = 4
+        c.train.update(steps=20, log_every=5, checkpoint_every=10, eval_every=0)
+        c.optim.warmup_steps = 5
+        c.eval.update(batches=1, decode=False)
+    return c
+
+
+def small_model(c):
+    """A model and schedule sized for ToyWorld on a 2-core CPU (the demo's budget: < 10 min)."""
+    c.data.budgets = {"ic": 96, "mmt": 96, "mt": 96}  # ToyWorld's visual examples reach 94 tokens
+    c.data.row_length = 128
+    c.data.targets_per_row = 8
+    c.data.regions_per_row = 48
+    c.model.update(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512,
+                   visual_ln_init=1.0)  # no VL-BERT to switch vision on: start it on
+    c.batch.rows_per_device = 16
+    c.optim.update(lr=1e-3, warmup_steps=100)
+    c.train.update(steps=1500, log_every=100, checkpoint_every=500, eval_every=500)
+    c.eval.update(batches=4, max_len={"ic": 40, "mmt": 40, "mt": 40}, decode_batch=64)
+    return c
