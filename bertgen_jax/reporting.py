@@ -57,7 +57,7 @@ class Reporter:
     """TensorBoard writer (first process only) and console progress."""
 
     def __init__(self, logdir: str, total_steps: int, enabled: bool = True):
-        self.writer = SummaryWriter(logdir) if enabled else None
+        self.writer = SummaryWriter(logdir, flush_secs=30) if enabled else None
         self.total_steps = total_steps
         self.started = time.perf_counter()
         self.mark = (None, self.started)  # (step, time) of the last training report
@@ -95,6 +95,11 @@ class Reporter:
                  f"{values['examples_per_sec']:.0f}" if rate else "-",
                  duration(now - self.started), eta)
         return values
+
+    def flush(self) -> None:
+        """Events on disk up to now (called with each checkpoint, so a killed run keeps its curves)."""
+        if self.writer:
+            self.writer.flush()
 
     def hparams(self, hparams: dict, final: dict[str, float]) -> None:
         if self.writer:

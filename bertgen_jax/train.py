@@ -112,6 +112,8 @@ def run(config, workdir: str) -> dict:
     # 5. loop
     stop = _StopRequest()
     step, pending, train_metrics, eval_metrics, status = start, [], {}, {}, "finished"
+    if start == 0:  # the untrained baseline, for the curves
+        eval_metrics = _teacher_forced(steps, params, iterator, data, config, mesh, 0, reporter)
     try:
         while step < total:
             host = _stack([next(batches) for _ in range(accum)])
@@ -124,12 +126,14 @@ def run(config, workdir: str) -> dict:
                 _check_finite(train_metrics, step, ckpt)
             if stop.requested(step, ckpt):
                 _check_finite(summarize([stats], stream_names), step, ckpt)
+                reporter.flush()
                 ckpt.save(step, params, opt_state, batches, force=True)
                 status = "preempted"
                 log.warning("stop requested (signal): saved step %d, exiting", step)
                 break
             if step % config.train.checkpoint_every == 0 or step == total:
                 _check_finite(summarize([stats], stream_names), step, ckpt)
+                reporter.flush()
                 ckpt.save(step, params, opt_state, batches, force=step == total)
             if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
                 eval_metrics = _teacher_forced(steps, params, iterator, data, config, mesh, step, reporter)

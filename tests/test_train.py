@@ -1,0 +1,170 @@
+"""The trainer end to end on ToyWorld tiny: main's smoke run (events, checkpoint, loss down,
+one compile), resume equivalence after SIGKILL, SIGTERM, NaN stop, gradient accumulation, and
+the same loss on 8-device meshes as on one device."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from bertgen_jax.data import toyworld
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toyworld")
+    toyworld.generate(str(root), seed=0, scale="tiny", progress=False)
+    return str(root / "manifest.json")
+
+
+def tiny_config(manifest, **overrides):
+    from configs import multitask
+    config = multitask.get_config("tiny")
+    config.data.manifest = manifest
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment: CPU, and one persistent compilation cache, so the runs of this
+    module compile the (identical) train step once between them."""
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, JAX_COMPILATION_CACHE_DIR=cache,
+                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def scalars(logdir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(logdir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_main_smoke_events_checkpoint_loss_down_one_compile(manifest, env, tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bertgen_jax.main", "--config", "configs/multitask.py:tiny",
+           "--workdir", str(workdir), f"--config.data.manifest={manifest}", "--config.train.steps=40",
+           "--config.train.checkpoint_every=20", "--config.optim.lr=5e-3", "--config.eval.batches=4"]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "run finished at step 40" in done.stdout and "| all |" in done.stdout
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["20", "40"]
+    assert {"data", "opt_state", "params"} <= set(os.listdir(workdir / "checkpoints" / "40"))
+    tags = scalars(str(workdir / "tensorboard"))
+    for tag in ("train/loss", "train/accuracy", "train/lr", "train/grad_norm", "train/examples_per_sec",
+                "train/target_tokens_per_sec", "train/real_token_fraction", "train/compiles",
+                "train/loss/ic_en", "train/accuracy/mt_en-de", "eval/loss", "eval/accuracy"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    assert [s for s, _ in tags["train/loss"]] == [5, 10, 15, 20, 25, 30, 35, 40]
+    (first_step, before), (last_step, after) = tags["eval/loss"][0], tags["eval/loss"][-1]
+    assert (first_step, last_step) == (0, 40)
+    assert after < before - 0.5, tags["eval/loss"]
+    assert before == pytest.approx(np.log(1400), abs=0.3)  # untrained: about uniform over the vocabulary
+    assert {v for _, v in tags["train/compiles"]} == {1.0}
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["compiles"] == {"train": 1, "eval": 1}
+    assert 0.5 < tags["train/real_token_fraction"][-1][1] <= 1.0
+    lr = dict(tags["train/lr"])
+    assert lr[5] == pytest.approx(5e-3 * 2 / 5, rel=1e-5)  # warm-up steps 0..4 of 5: mean (0+1+2+3+4)/5 / 5 of peak
+
+
+DRIVER = textwrap.dedent("""
+    import json, logging, os, signal, sys
+    sys.path.insert(0, {repo!r})
+    logging.basicConfig(level=logging.INFO)
+    from bertgen_jax import checkpoint, train
+    from tests.test_train import tiny_config
+    kill_at, term_at = {kill_at}, {term_at}
+    save = checkpoint.Checkpoints.save
+    def save_then_die(self, step, *args, **kwargs):
+        saved = save(self, step, *args, **kwargs)
+        if step == kill_at:
+            self.wait()  # checkpoint durable, then die without any cleanup
+            os.kill(os.getpid(), signal.SIGKILL)
+        return saved
+    checkpoint.Checkpoints.save = save_then_die
+    stack, calls = train._stack, [0]
+    def stack_and_signal(batches):
+        calls[0] += 1
+        if calls[0] == term_at:  # a real signal, delivered while this step runs
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stack(batches)
+    train._stack = stack_and_signal
+    summary = train.run(tiny_config({manifest!r}, **{overrides!r}), {workdir!r})
+    print("SUMMARY", json.dumps({{"status": summary["status"], "step": summary["step"]}}))
+""")
+
+
+def drive(env, workdir, manifest, overrides, kill_at=-1, term_at=-1):
+    code = DRIVER.format(repo=REPO, kill_at=kill_at, term_at=term_at, manifest=manifest,
+                         overrides=overrides, workdir=str(workdir))
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def final_params(workdir):
+    """(step, params, opt_state) of the latest checkpoint in workdir, read back without a target."""
+    import orbax.checkpoint as ocp
+    directory = os.path.join(workdir, "checkpoints")
+    step = max(int(s) for s in os.listdir(directory) if s.isdigit())
+    reader = ocp.StandardCheckpointer()
+    return (step, reader.restore(os.path.join(directory, str(step), "params")),
+            reader.restore(os.path.join(directory, str(step), "opt_state")))
+
+
+def assert_trees_equal(a, b):
+    import jax
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_resume_after_sigkill_then_sigterm_equals_a_straight_run(manifest, env, tmp_path):
+    overrides = {"train.steps": 16, "train.checkpoint_every": 8, "train.log_every": 4, "train.keep_checkpoints": 5}
+    straight = drive(env, tmp_path / "straight", manifest, overrides)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    run = tmp_path / "interrupted"
+    killed = drive(env, run, manifest, overrides, kill_at=8)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert sorted(os.listdir(run / "checkpoints")) == ["8"]
+    # Resumed at 8; SIGTERM arrives during its 3rd step: save step 11, exit 0.
+    termed = drive(env, run, manifest, overrides, term_at=3)
+    assert termed.returncode == 0, termed.stderr[-3000:]
+    assert "restored step 8" in termed.stderr
+    assert 'SUMMARY {"status": "preempted", "step": 11}' in termed.stdout
+    assert sorted(os.listdir(run / "checkpoints")) == ["11", "8"]
+    again = drive(env, run, manifest, overrides)
+    assert again.returncode == 0 and "restored step 11" in again.stderr, again.stderr[-3000:]
+    assert 'SUMMARY {"status": "finished", "step": 16}' in again.stdout
+
+    want, got = final_params(str(tmp_path / "straight")), final_params(str(run))
+    assert want[0] == got[0] == 16
+    assert_trees_equal(got[1], want[1])  # bitwise: same batches, same dropout keys, same CPU
+    assert_trees_equal(got[2], want[2])
+    losses = {r: dict(scalars(str(tmp_path / r / "tensorboard"))["train/loss"]) for r in ("straight", "interrupted")}
+    assert losses["interrupted"][16] == losses["straight"][16]
+    assert losses["interrupted"][4] == losses["straight"][4]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(manifest, tmp_path):
+    from bertgen_jax import train
+    config = tiny_config(manifest, **{"optim.lr": 1e30, "optim.warmup_steps": 0, "optim.clip_norm": 0.0,
+                                      "train.log_every": 1, "train.checkpoint_every": 1,
+                                      "train.steps": 10, "eval.batches": 0})
+    with pytest.raises(train.TrainingDiverged, match=r"by step (\d+).*last good checkpoint is step") as err:
+        train.run(config, str(tmp_path))
+    bad = int(err.value.args[0].split("by step ")[1].split(":")[0])
+    kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert kept and max(kept) == bad - 1, (kept, bad)
