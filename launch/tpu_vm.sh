@@ -53,6 +53,8 @@ die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
 SUBCOMMAND=
 while (($#)); do
   case $1 in
+    --name|--zone|--accelerator|--runtime|--project|--repo|--branch|--bucket|--config|--run-name|--workdir|--set)
+      [[ $# -ge 2 ]] || die "$1 needs a value" ;;&
     --name) TPU_NAME=$2; shift ;;
     --zone) ZONE=$2; shift ;;
     --accelerator) ACCELERATOR=$2; shift ;;

@@ -121,6 +121,9 @@ def test_tpu_gs_workdir_is_not_copied_again_and_bucket_is_required(tmp_path):
     assert r.returncode == 2 and "set BUCKET" in r.stderr
     r = run(TPU, ["--bogus"], tmp_path)
     assert r.returncode == 2 and "unknown argument '--bogus'" in r.stderr
+    r = run(TPU, ["run", "--bucket"], tmp_path)
+    assert r.returncode == 2 and "--bucket needs a value" in r.stderr
+    assert calls(gcloud) == [only]  # no failed invocation reached gcloud
 
 
 def test_slurm_dry_run_builds_the_venv_and_one_process_per_node(tmp_path):
