@@ -19,6 +19,8 @@
 #   --project PROJECT          [gcloud's default]   --spot (SPOT=1)      spot capacity
 #   --repo REPO_URL            [this checkout's origin]  --branch BRANCH  [main]
 #   --bucket BUCKET            gs://name or name, for copy
+#   --data DATA_URL            gs:// folder that install mirrors to $HOME/bertgen_data on every
+#                              worker (where the `paper` config reads its files; BERTGEN_DATA)
 #   --config CONFIG            [configs/multitask.py] e.g. configs/multitask.py:paper
 #   --run-name RUN_NAME        [bertgen]            names the workdir, the logs and the bucket folder
 #   --workdir WORKDIR          [$HOME/bertgen_workdir/RUN_NAME on each worker]; on a multi-host
@@ -39,6 +41,7 @@ SPOT=${SPOT:-0}
 REPO_URL=${REPO_URL:-}
 BRANCH=${BRANCH:-main}
 BUCKET=${BUCKET:-}
+DATA_URL=${DATA_URL:-}
 CONFIG=${CONFIG:-configs/multitask.py}
 RUN_NAME=${RUN_NAME:-bertgen}
 WORKDIR=${WORKDIR:-}
@@ -53,7 +56,7 @@ die() { echo "tpu_vm.sh: $*" >&2; exit 2; }
 SUBCOMMAND=
 while (($#)); do
   case $1 in
-    --name|--zone|--accelerator|--runtime|--project|--repo|--branch|--bucket|--config|--run-name|--workdir|--set)
+    --name|--zone|--accelerator|--runtime|--project|--repo|--branch|--bucket|--data|--config|--run-name|--workdir|--set)
       [[ $# -ge 2 ]] || die "$1 needs a value" ;;&
     --name) TPU_NAME=$2; shift ;;
     --zone) ZONE=$2; shift ;;
@@ -64,6 +67,7 @@ while (($#)); do
     --repo) REPO_URL=$2; shift ;;
     --branch) BRANCH=$2; shift ;;
     --bucket) BUCKET=$2; shift ;;
+    --data) DATA_URL=$2; shift ;;
     --config) CONFIG=$2; shift ;;
     --run-name) RUN_NAME=$2; shift ;;
     --workdir) WORKDIR=$2; shift ;;
@@ -135,13 +139,16 @@ do_install() {
     REPO_URL=$(git -C "$(dirname "$0")/.." remote get-url origin 2>/dev/null) ||
       die "set REPO_URL (or --repo): the workers clone the code from it"
   fi
-  local py
+  local py data=
   py=$(q "$PYTHON")
-  # Idempotent: a second install updates the checkout and the packages in place.
+  if [[ -n $DATA_URL ]]; then
+    data="; mkdir -p $REMOTE_HOME/bertgen_data && gcloud storage rsync --recursive $(q "$DATA_URL") $REMOTE_HOME/bertgen_data"
+  fi
+  # Idempotent: a second install updates the checkout, the packages and the data in place.
   on_workers all "set -e; sudo apt-get update -qq && sudo apt-get install -y -qq git $py $py-venv; \
 if [ -d $REPO_DIR/.git ]; then git -C $REPO_DIR fetch -q origin $(q "$BRANCH") && \
 git -C $REPO_DIR checkout -q FETCH_HEAD; else git clone -q --branch $(q "$BRANCH") $(q "$REPO_URL") $REPO_DIR; fi; \
-cd $REPO_DIR && $py -m venv .venv && .venv/bin/pip install -q -r requirements.txt $(q "$JAX_TPU")"
+cd $REPO_DIR && $py -m venv .venv && .venv/bin/pip install -q -r requirements.txt $(q "$JAX_TPU")$data"
 }
 
 do_run() {

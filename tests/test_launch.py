@@ -41,7 +41,7 @@ def calls(log):
 
 
 # The scripts' knobs: a caller's own settings must not leak into what the tests expect.
-KNOBS = {"TPU_NAME", "ZONE", "ACCELERATOR", "RUNTIME", "PROJECT", "SPOT", "REPO_URL", "BRANCH", "BUCKET",
+KNOBS = {"TPU_NAME", "ZONE", "ACCELERATOR", "RUNTIME", "PROJECT", "SPOT", "REPO_URL", "BRANCH", "BUCKET", "DATA_URL",
          "CONFIG", "RUN_NAME", "WORKDIR", "DRY_RUN", "PYTHON", "JAX_TPU", "LOG_WORKERS", "REPO_DIR", "VENV",
          "SETUP", "JAX_CUDA", "GPUS_PER_NODE", "JAX_LOCAL_DEVICE_IDS"}
 
@@ -91,7 +91,12 @@ def test_tpu_dry_run_prints_every_step_and_runs_nothing(tmp_path):
         "bertgen_jax.main --config=configs/multitask.py:paper --workdir=$HOME/bertgen_workdir/run1 "
         "--config.model.dtype=bfloat16 --config.mesh.fsdp=16 > $HOME/bertgen_logs/run1.$(hostname).log "
         "2>&1 < /dev/null &")
-    for remote in (install[8], start[8]):  # what each worker's shell will read must parse
+    assert "bertgen_data" not in install[8]  # no --data: nothing to mirror
+    r = run(TPU, ["--dry-run", "--data", "gs://my-bucket/bertgen_data", "install"], tmp_path, REPO_URL="u")
+    (with_data,) = printed(r.stdout)
+    assert with_data[-1].endswith("; mkdir -p $HOME/bertgen_data && gcloud storage rsync --recursive "
+                                  "gs://my-bucket/bertgen_data $HOME/bertgen_data")
+    for remote in (install[8], start[8], with_data[-1]):  # what each worker's shell will read must parse
         check = subprocess.run(["bash", "-n", "-c", remote[len("--command="):]], capture_output=True)
         assert check.returncode == 0, remote
 
