@@ -4,19 +4,34 @@ A checkpoint directory `<workdir>/checkpoints/<step>/` holds three items:
   params     the model's float32 parameters (nested dict, sharded arrays)
   opt_state  optax's state (Adam moments, step count)
   data       the batch iterator's JSON state, one file per process (grain's handler)
+Beside them the workdir holds `model_config.json` and `vocab.txt`, so a checkpoint can be
+turned back into a model without the run's config (generate.py).
 Step s means "after s optimizer updates and the batches they consumed", so a run resumed from
 s continues with exactly the batches and dropout keys it would have used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
+import shutil
 
 import grain
 import orbax.checkpoint as ocp
 
+MODEL_CONFIG, VOCAB = "model_config.json", "vocab.txt"
+
 log = logging.getLogger(__name__)
+
+
+def save_model_files(out_dir: str, cfg, vocab_file: str) -> None:
+    """The model's ModelConfig and vocabulary, beside its weights."""
+    with open(os.path.join(out_dir, MODEL_CONFIG), "w", encoding="utf-8") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    if os.path.abspath(vocab_file) != os.path.abspath(os.path.join(out_dir, VOCAB)):
+        shutil.copyfile(vocab_file, os.path.join(out_dir, VOCAB))
 
 
 class Checkpoints:

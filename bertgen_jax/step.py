@@ -36,14 +36,14 @@ class Steps:
         self.traces = {"train": 0, "eval": 0}
         model.train()
         self.train_graph, params, self.other = nnx.split(model, nnx.Param, ...)
-        self.initial_params = params.to_pure_dict()  # the model's weights, until placed
+        self.initial_params = nnx.to_pure_dict(params)  # the model's weights, until placed
         model.eval()
         self.eval_graph = nnx.graphdef(model)
         self.abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
-        self.param_shardings = nnx.State.to_pure_dict(
+        self.param_shardings = nnx.to_pure_dict(
             shard_lib.param_shardings(params, mesh, rules))
         self.opt_shardings = optax.tree_map_params(
-            optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, params.to_pure_dict()),
+            optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, nnx.to_pure_dict(params)),
             self.param_shardings, transform_non_params=lambda _: self.replicated)
         # Micro-batch axis whole, rows split over data x fsdp.
         self.batch_sharding = shard_lib.batch_sharding(mesh, row_axis=1)
@@ -74,7 +74,7 @@ class Steps:
         """Shapes, dtypes and shardings of (params, opt_state): the restore target."""
         def spec(x, s):
             return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-        params = nnx.State.to_pure_dict(self.abstract)
+        params = nnx.to_pure_dict(self.abstract)
         opt = jax.eval_shape(self.optimizer.init, params)
         return (jax.tree.map(spec, params, self.param_shardings),
                 jax.tree.map(spec, opt, self.opt_shardings))

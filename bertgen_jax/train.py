@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from bertgen_jax import optim, sharding, weights
-from bertgen_jax.checkpoint import Checkpoints
+from bertgen_jax.checkpoint import Checkpoints, save_model_files
 from bertgen_jax.data import datasets
 from bertgen_jax.data.pipeline import BatchIterator, Stream
 from bertgen_jax.data.rows import RowSpec
@@ -69,6 +69,8 @@ def run(config, workdir: str) -> dict:
     # 2. model
     model, model_cfg, report = _init_model(config, len(data.tokenizer), feature_dim)
     log.info("model: %s; %s", model_cfg, report.summary())
+    if first:  # what generate.py needs to rebuild the model from a checkpoint of this workdir
+        save_model_files(workdir, model_cfg, data.vocab_file)
 
     # 3. mesh and steps
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)

@@ -18,7 +18,8 @@ def get_config(arg: str = ""):
     small_model(c)
     if arg == "tiny":
         c.data.toyworld_scale = "tiny"
-        c.model.update(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
+        c.model.update(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                       dropout=0.1, attention_dropout=0.1)
         c.batch.rows_per_device = 4
         c.train.update(steps=20, log_every=5, checkpoint_every=10, eval_every=0)
         c.optim.warmup_steps = 5
@@ -32,10 +33,11 @@ def small_model(c):
     c.data.row_length = 128
     c.data.targets_per_row = 8
     c.data.regions_per_row = 48
+    # Dropout off: a few minutes of training from random weights is far from over-fitting.
     c.model.update(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512,
-                   visual_ln_init=1.0)  # no VL-BERT to switch vision on: start it on
+                   dropout=0.0, attention_dropout=0.0)
     c.batch.rows_per_device = 16
-    c.optim.update(lr=1e-3, warmup_steps=100)
-    c.train.update(steps=1500, log_every=100, checkpoint_every=500, eval_every=500)
+    c.optim.update(lr=2e-3, warmup_steps=100)
+    c.train.update(steps=1200, log_every=100, checkpoint_every=400, eval_every=400)
     c.eval.update(batches=4, max_len={"ic": 40, "mmt": 40, "mt": 40}, decode_batch=64)
     return c

@@ -41,6 +41,7 @@ class Datasets:
     root: str
     manifest: dict
     tokenizer: object
+    vocab_file: str
     store: FeatureStore | None
     splits: dict[str, list[Split]]  # split name -> its streams, in manifest order
     skips: SkipCounter
@@ -71,7 +72,8 @@ def load(data, workdir: str, budget_for, splits=("train", "val", "test"),
     root = os.path.dirname(path)
     with open(path, encoding="utf-8") as f:
         manifest = json.load(f)
-    tokenizer = vocab.load_tokenizer(_resolve(root, data.vocab or manifest["vocab"]))
+    vocab_file = _resolve(root, data.vocab or manifest["vocab"])
+    tokenizer = vocab.load_tokenizer(vocab_file)
     entries = [e for e in manifest["streams"] if e["split"] in splits]
     wanted = set(data.train_streams)
     unknown = wanted - {e["name"] for e in entries if e["split"] == "train"}
@@ -95,7 +97,7 @@ def load(data, workdir: str, budget_for, splits=("train", "val", "test"),
                                      bool(e.get("zero_shot")), pairs))
     if skips.total:
         log.warning("data: skipped records: %s", skips.summary())
-    return Datasets(root, manifest, tokenizer, store, out, skips)
+    return Datasets(root, manifest, tokenizer, vocab_file, store, out, skips)
 
 
 def _resolve(root: str, name: str) -> str:

@@ -1,0 +1,92 @@
+"""generate.py: a workdir checkpoint or an exported directory back into the same model, and
+the API and CLI giving exactly the decoder's outputs."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from bertgen_jax import decode, generate
+from bertgen_jax.checkpoint import save_model_files
+from bertgen_jax.data import toyworld
+from bertgen_jax.data.prepare import prepare_annotations
+from bertgen_jax.data.unroll import Pair
+from bertgen_jax.metrics import ids_to_text
+from bertgen_jax.model import BertGen, ModelConfig
+
+CFG = ModelConfig(vocab_size=1400, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                  feature_dim=2048, visual_ln_init=1.0)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toyworld")
+    manifest = toyworld.generate(str(root), seed=0, scale="tiny", progress=False)
+    files = sorted({str(root / s["file"]) for s in manifest["streams"] if s["format"] == "jsonl"})
+    store = prepare_annotations(files, str(root / "store"), progress=False)
+    model = BertGen(CFG, nnx.Rngs(3))
+    return root, store, model, str(root / "vocab.txt")
+
+
+def params_of(model):
+    return jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def assert_same_params(a, b):
+    la, ta = jax.tree.flatten(params_of(a))
+    lb, tb = jax.tree.flatten(params_of(b))
+    assert ta == tb and all(np.array_equal(x, y) for x, y in zip(la, lb))
+
+
+def test_export_and_workdir_checkpoint_load_the_same_model(world, tmp_path):
+    import orbax.checkpoint as ocp
+    root, store, model, vocab_file = world
+    gen = generate.Generator(model, vocab_file, store)
+    gen.export(str(tmp_path / "exported"))
+    assert_same_params(generate.Generator.load(str(tmp_path / "exported")).model, model)
+
+    workdir = tmp_path / "workdir"
+    os.makedirs(workdir / "checkpoints" / "7")
+    save_model_files(str(workdir), CFG, vocab_file)
+    ocp.StandardCheckpointer().save(workdir / "checkpoints" / "7" / "params", params_of(model))
+    ocp.StandardCheckpointer().wait_until_finished()
+    loaded = generate.Generator.load(str(workdir))
+    assert_same_params(loaded.model, model)
+    with pytest.raises(FileNotFoundError, match="no checkpoint 3"):
+        generate.Generator.load(str(workdir), step=3)
+    with pytest.raises(FileNotFoundError, match="no model_config.json"):
+        generate.Generator.load(str(tmp_path))
+
+
+def test_api_and_cli_give_the_decoders_outputs(world, tmp_path, capsys):
+    root, store, model, vocab_file = world
+    gen = generate.Generator(model, vocab_file, store)
+    gen.export(str(tmp_path / "m"))
+    images = list(store.ids[:3])
+    pairs = [Pair("ic", "de", np.zeros(0, np.int32), np.zeros(0, np.int32), store.index(i),
+                  store.num_boxes(store.index(i))) for i in images]
+    want = [ids_to_text(gen.tokenizer, ids) for ids in decode.greedy(model, pairs, store, max_len=12)]
+    assert gen.caption(images, "de", max_len=12) == want
+
+    sources = ["a red ball", "two small cubes"]
+    mt = gen.translate(sources, "fr", max_len=12)
+    src_ids = [np.asarray(gen.tokenizer.encode(s, add_special_tokens=False), np.int32) for s in sources]
+    mt_pairs = [Pair("mt", "fr", s, np.zeros(0, np.int32)) for s in src_ids]
+    assert mt == [ids_to_text(gen.tokenizer, i) for i in decode.greedy(model, mt_pairs, max_len=12)]
+    mmt = gen.translate(sources, "fr", images[:2], max_len=12)
+    assert len(mmt) == 2
+
+    (tmp_path / "src.txt").write_text("\n".join(sources) + "\n")
+    assert generate.main(["--model", str(tmp_path / "m"), "--task", "translate", "--lang", "fr",
+                          "--input", str(tmp_path / "src.txt"), "--max-len", "12"]) == 0
+    assert capsys.readouterr().out.splitlines() == mt
+    assert generate.main(["--model", str(tmp_path / "m"), "--task", "caption", "--lang", "de",
+                          "--features", store.path, "--images", *images, "--max-len", "12",
+                          "--output", str(tmp_path / "caps.txt")]) == 0
+    assert (tmp_path / "caps.txt").read_text().splitlines() == want
+    with pytest.raises(KeyError, match="not in the feature store"):
+        gen.caption(["no-such-image"], "en")
+    with pytest.raises(ValueError, match="2 sources but 1 image ids"):
+        gen.translate(sources, "fr", images[:1])
