@@ -229,7 +229,7 @@ def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdi
                                                           max_len=max_len[task], batch_size=config.eval.decode_batch)]
         return decode.greedy(model, pairs, data.store, max_len=max_len[task], batch_size=config.eval.decode_batch)
 
-    sets = [evaluate.EvalSet(s.name, s.task, s.src, s.tgt, s.zero_shot, s.pairs)
+    sets = [evaluate.EvalSet(s.name, s.task, s.src, s.tgt, s.zero_shot, _first(s.pairs, config.eval.max_sentences))
             for s in data.splits.get(config.eval.decode_split, []) if s.pairs]
     rows = evaluate.evaluate_sets(decode_fn, sets, data.tokenizer, out_dir=os.path.join(workdir, "eval"),
                                   step=step, shuffle_images=config.eval.shuffle_images, seed=config.seed)
@@ -237,6 +237,16 @@ def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdi
         reporter.scalars(step, {k: row.get(k) for k in ("bleu", "meteor", "cider", "rouge_l")
                                 if isinstance(row.get(k), (int, float))}, f"decode/{row['name']}")
     return rows
+
+
+def _first(pairs, n: int):
+    """The first n inputs of a held-out set (IC: all captions of its first n images); n=0: all."""
+    if n <= 0:
+        return pairs
+    if pairs[0].task == "ic":
+        images = set(list(dict.fromkeys(p.image for p in pairs))[:n])
+        return [p for p in pairs if p.image in images]
+    return pairs[:n]
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

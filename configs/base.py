@@ -79,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     e.decode_split = "test"  # split decoded at the end of training
     e.max_len = {"ic": 150, "mmt": 150, "mt": 300}  # decode length limit per task (the original's)
     e.decode_batch = 32  # sentences decoded together
+    e.max_sentences = 0  # decode at most this many inputs (IC: images) per held-out set; 0 = all
     e.beam = 1  # 1: greedy (as the original); > 1: beam search width
     e.shuffle_images = True  # also score visual sets with images shuffled across the set
     e.samples = 4  # decoded examples per set written to TensorBoard as text

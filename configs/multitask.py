@@ -39,5 +39,5 @@ def small_model(c):
     c.batch.rows_per_device = 16
     c.optim.update(lr=2e-3, warmup_steps=100)
     c.train.update(steps=1200, log_every=100, checkpoint_every=400, eval_every=400)
-    c.eval.update(batches=4, max_len={"ic": 40, "mmt": 40, "mt": 40}, decode_batch=64)
+    c.eval.update(batches=4, max_len={"ic": 48, "mmt": 48, "mt": 48}, decode_batch=64, max_sentences=64)
     return c
