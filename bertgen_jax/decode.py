@@ -1,0 +1,400 @@
+"""Decoding: greedy and beam search as jitted `lax.while_loop`s over fixed buffers, and the
+original's plain-Python greedy loop as the reference they must match.
+
+Every step rebuilds the training layout of ../shared/REFERENCE.md ("Input layout") for the
+prefix generated so far, `[TO_X] [CLS] src [SEP] y<t [MASK] [SEP] [IMG]... [END]`, runs the
+encoder and reads the MLM head at `[MASK]` only. In the jitted buffer a row is
+`[text slots][region slots][END]`; positions are explicit, so the regions and `[END]` stay in
+place while their position ids move with the text length T.
+
+Semantics shared by every decoder here:
+- A row ends at its first `[STOP]` (not part of the output) or after `max_len` tokens; a row
+  capped at max_len has no `[STOP]` term in its score (`sequence_logprob(..., max_len=)`).
+- Length of a hypothesis = forward passes it took = tokens + 1 with `[STOP]`, max_len when
+  capped. Beam ranks finished hypotheses by logprob / length ** length_penalty.
+- budget: source and regions are cut by `fit_budget` as for a training pair with an EMPTY
+  target (the target is unknown; it then grows past the budget, as in the original).
+
+Buffers are bucketed (text slots and head width to LENGTH_BUCKET, regions to powers of two)
+and a batch runs in stages: a stage's loop exits when some unfinished row outgrows its buffer
+and the next stage continues in a longer one, so short outputs never pay for max_len.
+`TRACES` counts traces (= compiles) per jitted function and bucket.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bertgen_jax import vocab
+from bertgen_jax.data.pipeline import regions_reader
+from bertgen_jax.data.rows import RowSpec, assemble_row, stack_rows
+from bertgen_jax.data.unroll import TASKS, TYPE_TEXT, TYPE_VISUAL, Example, fit_budget
+from bertgen_jax.model import BATCH_KEYS, KIND_END, KIND_PAD, KIND_REGION, KIND_TEXT
+
+LENGTH_BUCKET = 32
+MIN_REGION_SLOTS = 8
+TRACES: collections.Counter = collections.Counter()  # (function, shapes...) -> traces
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What a pair contributes before the target: `[TO_X] [CLS] src [SEP]` and its regions."""
+    head: np.ndarray  # [h] int32
+    image: int
+    regions: int  # region tokens, whole image included; 0 for MT
+
+
+def contexts(pairs, budget=None) -> list[Context]:
+    """Each pair's context, cut to budget (int or {task: int}) as the module docstring says."""
+    out = []
+    for i, p in enumerate(pairs):
+        if p.task not in TASKS:
+            raise ValueError(f"pair {i}: unknown task {p.task!r}; expected one of {TASKS}")
+        src, regions = p.src_ids, p.num_regions
+        if budget is not None:
+            b = budget if isinstance(budget, (int, np.integer)) else budget[p.task]
+            src, regions = fit_budget(dataclasses.replace(p, tgt_ids=np.zeros(0, np.int32)), b)
+        src = src[:0] if p.task == "ic" else src
+        regions = 0 if p.task == "mt" else regions
+        if p.task != "mt" and regions < 1:
+            raise ValueError(f"pair {i}: a {p.task} pair needs image regions (num_regions={p.num_regions})")
+        head = np.concatenate([[vocab.lang_tag_id(p.tgt_lang), vocab.CLS_ID], src, [vocab.SEP_ID]])
+        out.append(Context(head.astype(np.int32), p.image if regions else -1, int(regions)))
+    return out
+
+
+def _check_positions(model, ctxs, max_len):
+    # [END] of the longest row sits at h + max_len + 2 (the last [MASK] follows max_len - 1 tokens).
+    for i, c in enumerate(ctxs):
+        if len(c.head) + max_len + 2 >= model.cfg.max_positions:
+            raise ValueError(f"pair {i}: a context of {len(c.head)} tokens plus max_len={max_len} "
+                             f"exceeds the model's {model.cfg.max_positions} positions: lower max_len "
+                             "or pass a budget")
+
+
+_round_up = lambda n, m: -(-n // m) * m
+
+
+def _eval_split(model):
+    """(graphdef, state) of the model with dropout off; the caller's model keeps its mode."""
+    return nnx.split(nnx.view(model, only=nnx.Dropout, deterministic=True))
+
+
+# -- the original's loop ----------------------------------------------------------------------
+
+def example(ctx: Context, prefix) -> Example:
+    """The unrolled training example whose `[MASK]` follows `prefix` (== unroll(...)[-1])."""
+    text = np.concatenate([ctx.head, np.asarray(prefix, np.int32), [vocab.MASK_ID, vocab.SEP_ID]]).astype(np.int32)
+    n, r = len(text), ctx.regions
+    kind = np.concatenate([np.full(n, KIND_TEXT), np.full(r, KIND_REGION), [KIND_END]]).astype(np.int32)
+    region_index = np.concatenate([np.full(n, 0 if r else -1), np.arange(r), [-1]]).astype(np.int32)
+    positions = np.concatenate([np.arange(n), np.full(r, n), [n + 1]]).astype(np.int32)
+    return Example(np.concatenate([text, np.zeros(r + 1, np.int32)]), kind,
+                   np.where(kind == KIND_TEXT, TYPE_TEXT, TYPE_VISUAL).astype(np.int32), positions,
+                   region_index, mask_index=n - 2, label=-1, image=ctx.image, num_regions=r, flip=False)
+
+
+def padded_batch(examples, regions_of, feature_dim, multiple=1) -> dict:
+    """Rows padded to the longest example, as the original; multiple > 1 also rounds tokens to a
+    multiple of it and regions to MIN_REGION_SLOTS (masked pads: same numbers, fewer shapes)."""
+    regions = max(e.num_regions for e in examples)
+    spec = RowSpec(_round_up(max(len(e) for e in examples), multiple), 1,
+                   _round_up(max(1, regions), MIN_REGION_SLOTS if multiple > 1 else 1), feature_dim)
+    batch = stack_rows([assemble_row([e], spec, regions_of) for e in examples])
+    keys = [k for k in BATCH_KEYS if regions or multiple > 1 or not k.startswith("region_") or k == "region_index"]
+    return {k: batch[k] for k in keys + ["mask_positions"]}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _argmax_everywhere(graphdef, state, batch):
+    # The head at EVERY position, as the original; the argmax on the device keeps the copy small.
+    logits = nnx.merge(graphdef, state)({k: v for k, v in batch.items() if k != "mask_positions"})
+    return jnp.argmax(logits, -1)  # [B, L]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logprobs_at_mask(graphdef, state, batch):
+    logits = nnx.merge(graphdef, state)({k: v for k, v in batch.items() if k != "mask_positions"},
+                                        batch["mask_positions"])
+    return jax.nn.log_softmax(logits[:, 0], -1)  # [B, V]
+
+
+_cached_regions = lambda regions: functools.lru_cache(maxsize=None)(regions_reader(regions))
+
+
+def reference_greedy(model, pairs, regions=None, *, max_len=150, batch_size=8, budget=None,
+                     pad_to_multiple=1) -> list[np.ndarray]:
+    """The original's greedy loop: `batch_size` sentences at a time, the tight layout rebuilt
+    and padded to the longest row every step, the head at every position, finished rows still
+    computed, up to max_len + 1 passes (outputs cut to max_len). Each shape is compiled once
+    (eager JAX is far slower than the original's eager PyTorch); pad_to_multiple > 1 pads the
+    shapes (see padded_batch) so that tests compile a few times instead of once per step."""
+    ctxs = contexts(pairs, budget)
+    _check_positions(model, ctxs, max_len + 1)  # its last pass follows max_len tokens
+    regions_of, (graphdef, state) = _cached_regions(regions), _eval_split(model)
+    out = []
+    for start in range(0, len(ctxs), batch_size):
+        chunk = ctxs[start:start + batch_size]
+        prefixes, stopped = [[] for _ in chunk], [False] * len(chunk)
+        for _ in range(max_len + 1):
+            if all(stopped):
+                break
+            examples = [example(c, p) for c, p in zip(chunk, prefixes)]
+            batch = padded_batch(examples, regions_of, model.cfg.feature_dim, pad_to_multiple)
+            best = np.asarray(_argmax_everywhere(graphdef, state, batch))
+            for r, e in enumerate(examples):
+                if not stopped[r]:
+                    tok = int(best[r, e.mask_index])
+                    stopped[r] = tok == vocab.STOP_ID
+                    prefixes[r] += [] if stopped[r] else [tok]
+        out += [np.asarray(p[:max_len], np.int32) for p in prefixes]
+    return out
+
+
+def next_token_logprobs(model, pairs, prefixes, regions=None, *, budget=None) -> np.ndarray:
+    """[P, V] float32 log-probabilities of the token after prefixes[i] given pairs[i]'s context
+    (teacher forcing); shapes are bucketed so that any number of calls compiles a few times."""
+    ctxs = contexts(pairs, budget)
+    examples = [example(c, p) for c, p in zip(ctxs, prefixes)]
+    rows = _round_up(len(examples), 64)
+    batch = padded_batch(examples + examples[-1:] * (rows - len(examples)), _cached_regions(regions),
+                         model.cfg.feature_dim, multiple=LENGTH_BUCKET)
+    return np.asarray(_logprobs_at_mask(*_eval_split(model), batch))[:len(examples)]
+
+
+def sequence_logprobs(model, pairs, ids, regions=None, *, max_len=None, budget=None) -> np.ndarray:
+    """[N] sum of log p(y_t | y<t) over ids[i] given pairs[i], plus log p([STOP] | ids[i]) unless
+    max_len capped it: the score beam_search reports."""
+    items = [(p, np.asarray(y, np.int32)) for p, y in zip(pairs, ids)]
+    labels = [list(y) + ([] if max_len is not None and len(y) >= max_len else [vocab.STOP_ID]) for _, y in items]
+    flat = [(p, y[:t], label[t]) for (p, y), label in zip(items, labels) for t in range(len(label))]
+    logp = next_token_logprobs(model, [p for p, _, _ in flat], [y for _, y, _ in flat], regions, budget=budget)
+    picked = logp[np.arange(len(flat)), [label for _, _, label in flat]]
+    return np.array([s.sum() for s in np.split(picked, np.cumsum([len(lb) for lb in labels])[:-1])], np.float32)
+
+
+def sequence_logprob(model, pair, ids, regions=None, *, max_len=None, budget=None) -> float:  # one pair
+    return float(sequence_logprobs(model, [pair], [ids], regions, max_len=max_len, budget=budget)[0])
+
+
+# -- fixed-shape batches ----------------------------------------------------------------------
+
+def _host_inputs(ctxs, regions_of, rows, feature_dim) -> dict:
+    """Per-row numpy arrays; rows past len(ctxs) are copies of the first with valid False."""
+    hw = _round_up(max(len(c.head) for c in ctxs), LENGTH_BUCKET)
+    most = max(c.regions for c in ctxs)  # a text-only batch keeps one (unused) slot
+    slots = max(MIN_REGION_SLOTS, 1 << (most - 1).bit_length()) if most else 1
+    n_real, ctxs = len(ctxs), list(ctxs) + [ctxs[0]] * (rows - len(ctxs))  # dummies: finished from the start
+    inp = {"head": np.zeros((rows, hw), np.int32), "h": np.array([len(c.head) for c in ctxs], np.int32),
+           "n_regions": np.array([c.regions for c in ctxs], np.int32), "valid": np.arange(rows) < n_real,
+           "region_features": np.zeros((rows, slots, feature_dim), np.float32),
+           "region_boxes": np.zeros((rows, slots, 4), np.float32),
+           "region_image_wh": np.ones((rows, slots, 2), np.float32)}  # ones keep empty boxes finite
+    for r, c in enumerate(ctxs):
+        inp["head"][r, :len(c.head)] = c.head
+        if c.regions:
+            boxes, feats, wh = regions_of(c.image)
+            inp["region_boxes"][r, :c.regions] = boxes[:c.regions]
+            inp["region_features"][r, :c.regions] = feats[:c.regions]
+            inp["region_image_wh"][r, :c.regions] = wh
+    return inp
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _project(graphdef, state, region_arrays):
+    """Projected RoIs [B, R, H]: once per batch, reused by every step of every stage."""
+    TRACES[("project",) + region_arrays["region_features"].shape] += 1
+    return nnx.merge(graphdef, state).embeddings.regions(region_arrays)
+
+
+def _layout(inp, seq, t, lt):
+    """Model batch [N, lt + R + 1] for rows whose prefix is seq[:, :t]; inp from _host_inputs,
+    seq [N, M], t [N]. Non-pad tokens in physical order are exactly unroll's example."""
+    head, h, nr = inp["head"], inp["h"][:, None], inp["n_regions"][:, None]
+    n, slots = head.shape[0], inp["projected"].shape[1]
+    j, t = jnp.arange(lt)[None], t[:, None]  # [1, lt], [N, 1]
+    from_head = jnp.take_along_axis(head, jnp.clip(j, 0, head.shape[1] - 1), 1)
+    from_seq = jnp.take_along_axis(seq, jnp.clip(j - h, 0, seq.shape[1] - 1), 1)
+    after = jnp.where(j == h + t, vocab.MASK_ID, vocab.SEP_ID)  # [MASK] [SEP] after the prefix
+    ids = jnp.where(j < h, from_head, jnp.where(j < h + t, from_seq, after))
+    n_text = h + t + 2
+    text, slot = j < n_text, jnp.arange(slots)[None]
+    region = slot < nr  # [N, R]
+    col = lambda v: jnp.full((n, 1), v, jnp.int32)
+    kind = jnp.concatenate([jnp.where(text, KIND_TEXT, KIND_PAD), jnp.where(region, KIND_REGION, KIND_PAD),
+                            col(KIND_END)], 1)
+    image = jnp.where(nr > 0, 0, -1)
+    return {
+        "token_ids": jnp.concatenate([jnp.where(text, ids, 0), jnp.zeros((n, slots + 1), jnp.int32)], 1),
+        "token_kind": kind, "token_type": jnp.where(kind >= KIND_REGION, TYPE_VISUAL, TYPE_TEXT),
+        # Pad slots get position 0: an id past the table would embed as NaN and poison attention.
+        "positions": jnp.concatenate([jnp.where(text, j, 0), jnp.where(region, n_text, 0), n_text + 1], 1),
+        "region_index": jnp.concatenate([jnp.where(text, image, -1), jnp.where(region, slot, -1), col(-1)], 1),
+    }
+
+
+def _decode_model(graphdef, state, projected):
+    model = nnx.merge(graphdef, state)
+    # The RoIs were projected once per batch (_project): hand them to the embeddings instead of
+    # projecting them again every step. This copy of the model lives only inside the trace.
+    model.embeddings.regions = lambda _batch: projected
+    return model
+
+
+def _mask_logits(model, inp, seq, t, lt):
+    """[N, V] logits at each row's [MASK] (h + t)."""
+    return model.mlm_logits(model.encode(_layout(inp, seq, t, lt)), (inp["h"] + t)[:, None])[:, 0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _greedy_stage(graphdef, state, inp, carry, lt):
+    TRACES[("greedy", inp["head"].shape, lt, inp["projected"].shape[1])] += 1  # runs while tracing only
+    model = _decode_model(graphdef, state, inp["projected"])
+    h, rows = inp["h"], jnp.arange(inp["h"].shape[0])
+
+    def cond(c):
+        return jnp.any(~c["done"]) & jnp.all(c["done"] | (h + c["t"] + 2 <= lt))
+
+    def body(c):
+        seq, t, done = c["seq"], c["t"], c["done"]
+        tok = jnp.argmax(_mask_logits(model, inp, seq, t, lt), -1).astype(jnp.int32)
+        grow = ~done & (tok != vocab.STOP_ID)
+        at = jnp.minimum(t, seq.shape[1] - 1)
+        seq, t = seq.at[rows, at].set(jnp.where(grow, tok, seq[rows, at])), t + grow
+        return {"seq": seq, "t": t, "done": done | (tok == vocab.STOP_ID) | (t >= seq.shape[1])}
+    return jax.lax.while_loop(cond, body, carry)
+
+
+def _batches(model, pairs, regions, budget, max_len, batch_size):
+    """(indices, graphdef, state, inputs, max text slots) per batch; similar contexts share a
+    batch. Inputs stay numpy (but the projected RoIs): eager ops would compile once per shape."""
+    ctxs = contexts(pairs, budget)
+    _check_positions(model, ctxs, max_len)
+    order = sorted(range(len(ctxs)), key=lambda i: (ctxs[i].regions > 0, len(ctxs[i].head), ctxs[i].regions))
+    regions_of, (graphdef, state) = _cached_regions(regions), _eval_split(model)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        inp = _host_inputs([ctxs[i] for i in idx], regions_of, batch_size, model.cfg.feature_dim)
+        region_arrays = {k: inp.pop(k) for k in ("region_features", "region_boxes", "region_image_wh")}
+        inp["projected"] = _project(graphdef, state, region_arrays)
+        lt_max = _round_up(int(inp["h"].max()) + max_len + 1, LENGTH_BUCKET)
+        yield idx, graphdef, state, inp, lt_max
+
+
+def _stages(stage, carry, h, lt_max):
+    """Run `stage(carry, lt)` in ever longer buffers until every row is finished; each stage
+    needs room for the longest unfinished row's next step (h + t + 2 text tokens)."""
+    while not (done := np.asarray(carry["done"])).all():
+        need = np.max(np.where(done, 0, h + np.asarray(carry["t"] if "t" in carry else carry["s"]) + 2))
+        carry = stage(carry, min(_round_up(int(need), LENGTH_BUCKET), lt_max))
+    return carry
+
+
+def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=None) -> list[np.ndarray]:
+    """Greedy ids for each pair (no [STOP]), in input order. budget: int or {task: int}."""
+    out = [None] * len(pairs)
+    for idx, graphdef, state, inp, lt_max in _batches(model, pairs, regions, budget, max_len, batch_size):
+        carry = {"seq": np.zeros((batch_size, max_len), np.int32), "t": np.zeros(batch_size, np.int32),
+                 "done": ~inp["valid"]}
+        carry = _stages(lambda c, lt: _greedy_stage(graphdef, state, inp, c, lt), carry, inp["h"], lt_max)
+        seq, t = np.asarray(carry["seq"]), np.asarray(carry["t"])
+        for r, i in enumerate(idx):
+            out[i] = seq[r, :t[r]].copy()
+    return out
+
+
+# -- beam search ------------------------------------------------------------------------------
+
+def _block_repeats(logp, seq, s, n):
+    """logp [B, K, V] with -inf for tokens that would repeat an n-gram of the prefix seq[..., :s]."""
+    m, i = seq.shape[-1], jnp.arange(seq.shape[-1])
+    ok = jnp.broadcast_to(i + n - 1 < s, seq.shape)  # the n-gram starting at i lies in the prefix
+    for k in range(n - 1):  # ... and its first n-1 tokens equal the prefix's last n-1
+        tail = jnp.take(seq, jnp.clip(s - (n - 1) + k, 0, m - 1), axis=2)
+        ok &= jnp.take(seq, jnp.clip(i + k, 0, m - 1), axis=2) == tail[..., None]
+    nxt = jnp.take(seq, jnp.clip(i + n - 1, 0, m - 1), axis=2)  # [B, K, M] the token it bans
+    b, k = jnp.indices(seq.shape[:2])
+    return logp.at[b[..., None], k[..., None], nxt].min(jnp.where(ok, -jnp.inf, jnp.inf))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 7))
+def _beam_stage(graphdef, state, inp, carry, lt, beam, length_penalty, ngram):
+    TRACES[("beam", inp["head"].shape, lt, inp["projected"].shape[1], beam, ngram)] += 1
+    h = inp["h"]
+    b_size, m = carry["fin_seq"].shape
+    rows = {k: jnp.repeat(v, beam, axis=0) for k, v in inp.items()}  # sentence-major [B * K, ...]
+    model = _decode_model(graphdef, state, rows["projected"])
+    bi = jnp.arange(b_size)
+    norm = lambda logp, length: logp / jnp.asarray(length, jnp.float32) ** length_penalty
+
+    def cond(c):
+        return jnp.any(~c["done"]) & jnp.all(c["done"] | (h + c["s"] + 2 <= lt))
+
+    def body(c):
+        s, seq, done = c["s"], c["seq"], c["done"]
+        t = jnp.full((b_size * beam,), s, jnp.int32)
+        logits = _mask_logits(model, rows, seq.reshape(-1, m), t, lt)
+        logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1).reshape(b_size, beam, -1)
+        if ngram:
+            logp = _block_repeats(logp, seq, s, ngram)
+        v = logp.shape[-1]
+        cand = (c["live"][..., None] + logp).reshape(b_size, beam * v)  # [B, K * V]
+        # Finished: a [STOP] (at max_len any token) among the top K candidates, as fairseq; K = 1 is greedy.
+        val, idx = jax.lax.top_k(cand, beam)
+        last = s == m - 1
+        fin = ((idx % v == vocab.STOP_ID) | last) & (val > -jnp.inf)
+        first = jnp.argmax(fin, 1)  # the best finisher; all of this step have length s + 1
+        f_tok, f_par = idx[bi, first] % v, idx[bi, first] // v
+        f_score = norm(val[bi, first], s + 1)
+        better = fin.any(1) & (f_score > c["fin_score"])
+        f_seq = seq[bi, f_par].at[:, s].set(jnp.where(f_tok == vocab.STOP_ID, 0, f_tok))
+        # Live: the top K candidates that do not stop.
+        no_stop = jnp.where(jnp.arange(beam * v) % v == vocab.STOP_ID, -jnp.inf, cand)
+        l_val, l_idx = jax.lax.top_k(no_stop, beam)
+        l_seq = jnp.take_along_axis(seq, (l_idx // v)[..., None], 1).at[:, :, s].set(l_idx % v)
+        fin_score = jnp.where(better, f_score, c["fin_score"])
+        # No live hypothesis can still beat the best finished: raw logp only falls, length <= max_len.
+        bound = jnp.maximum(norm(l_val, s + 2), norm(l_val, m)).max(1)
+        n_fin = c["n_fin"] + fin.sum(1)
+        new = {"s": s + 1, "seq": l_seq, "live": l_val, "n_fin": n_fin,
+               "fin_seq": jnp.where(better[:, None], f_seq, c["fin_seq"]),
+               "fin_len": jnp.where(better, s + (f_tok != vocab.STOP_ID), c["fin_len"]),
+               "fin_logp": jnp.where(better, val[bi, first], c["fin_logp"]), "fin_score": fin_score,
+               "done": done | last | (n_fin >= beam) | (fin_score >= bound)}
+        keep = lambda old, x: x if x.ndim == 0 else jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), old, x)
+        return jax.tree.map(keep, c, new)
+    return jax.lax.while_loop(cond, body, carry)
+
+
+def beam_search(model, pairs, regions=None, *, beam=4, max_len=150, batch_size=8, length_penalty=1.0,
+                no_repeat_ngram=0, budget=None) -> list[tuple[np.ndarray, float]]:
+    """(ids without [STOP], total log-probability) of the best hypothesis of each pair.
+
+    Score = logprob / length ** length_penalty (length counts [STOP]; 0 = raw logprob). [STOP]
+    ends a hypothesis when among the step's top `beam` candidates (fairseq; beam 1 is greedy); a
+    sentence ends with `beam` such, at max_len, or when no live hypothesis can still win.
+    no_repeat_ngram=n > 0 forbids any n-gram twice in a hypothesis."""
+    if beam < 1 or no_repeat_ngram < 0:
+        raise ValueError(f"need beam >= 1 and no_repeat_ngram >= 0, got {beam}, {no_repeat_ngram}")
+    out = [None] * len(pairs)
+    for idx, graphdef, state, inp, lt_max in _batches(model, pairs, regions, budget, max_len, batch_size):
+        # Only beam 0 is alive at first, so the K beams do not start as K copies.
+        live = np.tile(np.where(np.arange(beam) == 0, 0.0, -np.inf).astype(np.float32), (batch_size, 1))
+        zeros, none = lambda *shape: np.zeros(shape, np.int32), np.full(batch_size, -np.inf, np.float32)
+        carry = {"s": np.int32(0), "seq": zeros(batch_size, beam, max_len), "live": live, "n_fin": zeros(batch_size),
+                 "fin_seq": zeros(batch_size, max_len), "fin_len": zeros(batch_size), "fin_logp": none,
+                 "fin_score": none, "done": ~inp["valid"]}
+        stage = lambda c, lt: _beam_stage(graphdef, state, inp, c, lt, beam, np.float32(length_penalty),
+                                          int(no_repeat_ngram))
+        carry = _stages(stage, carry, inp["h"], lt_max)
+        seq, n, logp = (np.asarray(carry[k]) for k in ("fin_seq", "fin_len", "fin_logp"))
+        for r, i in enumerate(idx):
+            out[i] = (seq[r, :n[r]].copy(), float(logp[r]))
+    return out
