@@ -1,0 +1,109 @@
+"""benchmarks/run.py end to end at a test-only micro size, and the numbers it rests on: the
+FLOPs formula on a hand-computed case, and the reference training on exactly our examples."""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import flops
+from benchmarks import run as bench
+from bertgen_jax.data.rows import real_token_fraction
+from bertgen_jax.model import KIND_PAD, ModelConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARGS = ["--size", "micro", "--steps", "2", "--warmup", "1", "--decode-sentences", "4", "--max-len", "4",
+        "--peak-n", "256"]
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "micro.json"
+    # The test checks the data path and the arithmetic, not speed: XLA's cheapest compile keeps
+    # the three compiles (train step, two decode stages) to seconds on a busy 2-core machine.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    done = subprocess.run([sys.executable, "benchmarks/run.py", *ARGS, "--json", str(path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(path) as f:
+        return json.load(f), done.stdout
+
+
+def test_json_has_the_figures(result):
+    figures, stdout = result
+    for key in ("train_ratio", "decode_ratio", "mfu", "real_token_fraction", "reference_mfu",
+                "reference_real_token_fraction", "peak_flops"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
+    assert figures["real_token_fraction"] <= 1 and figures["reference_real_token_fraction"] <= 1
+    assert figures["train_ratio"] == pytest.approx(
+        figures["ours"]["examples_per_s"] / figures["reference"]["examples_per_s"])
+    assert figures["ours"]["compiles"] == 1
+    assert figures["decode"]["same_output"] == figures["decode"]["sentences"] == 4
+    assert "unrolled examples/s" in stdout and "greedy sentences/s" in stdout
+
+
+def test_both_sides_did_the_same_examples(result):
+    ours, ref = result[0]["ours"], result[0]["reference"]
+    assert ours["examples"] == ref["examples"] > 0
+    assert ours["useful_flops"] == ref["useful_flops"] < ref["executed_flops"]
+    assert len(ours["step_s"]) == len(ref["step_s"]) == 2
+
+
+def test_real_token_fractions_are_those_of_the_batches(result):
+    figures = result[0]
+    cfg = bench.model_config("micro")
+    rows = bench.DEFAULTS["micro"][0]
+    batches = bench.host_batches(cfg, rows, 3, seed=0)[0][1:]  # the 2 steps after the warm-up
+    assert figures["real_token_fraction"] == float(np.mean([real_token_fraction(b) for b in batches]))
+    steps = bench.shuffled_steps([bench.unpack(b) for b in batches], seed=0)
+    valid = [bench.original_batch(s, cfg.feature_dim)["valid"].numpy() for s in steps]
+    assert figures["reference_real_token_fraction"] == pytest.approx(np.mean([v.mean() for v in valid]), abs=1e-7)
+    # and the example lengths behind the FLOPs count every real token once
+    for b in batches:
+        assert sum(bench.example_lengths(b)) == int(np.sum(b["token_kind"] != KIND_PAD))
+
+
+def test_train_flops_by_hand():
+    cfg = ModelConfig(vocab_size=10, hidden_size=2, num_layers=1, num_heads=1, intermediate_size=4)
+    # encoder weights per token: 4 H^2 + 2 H I = 16 + 16 = 32; head: H^2 + H V = 4 + 20 = 24
+    assert flops.encoder_matmul_params(cfg) == 32 and flops.head_matmul_params(cfg) == 24
+    assert flops.train_flops(cfg, [3]) == 6 * 32 * 3 + 12 * 1 * 2 * 9 + 6 * 24 == 936
+    assert flops.train_flops(cfg, [3, 5]) == 6 * 32 * 8 + 12 * 2 * (9 + 25) + 2 * 6 * 24 == 2640
+    # the original's step: 2 rows of 3 positions, head at all 6
+    assert flops.padded_step_flops(cfg, 2, 3) == 6 * 32 * 6 + 12 * 2 * (2 * 9) + 6 * 24 * 6 == 2448
+    deeper = dataclasses.replace(cfg, num_layers=3)
+    assert flops.train_flops(deeper, [3]) == 3 * (6 * 32 * 3 + 12 * 2 * 9) + 6 * 24
+
+
+def test_unpacked_examples_are_the_packed_ones():
+    """Same weights, dropout off, vision on: the reference's loss on the unpacked examples
+    equals our loss on the packed batch, so both sides train on the same examples."""
+    import jax.numpy as jnp
+    import torch
+    from flax import nnx
+
+    from benchmarks import torch_reference as T
+    from bertgen_jax.model import BertGen
+    from bertgen_jax.objective import mean_loss
+    cfg = dataclasses.replace(bench.MICRO, dropout=0.0, attention_dropout=0.0, visual_ln_init=1.0)
+    batch = bench.host_batches(cfg, 2, 2, seed=3)[0][1]
+    ours = BertGen(cfg, nnx.Rngs(0))
+    ours.eval()
+    reference = T.TorchBertGen(cfg)
+    T.load_from_jax(reference, ours)
+    reference.eval()
+    # one compile of the whole loss, not one per eager op
+    want = float(nnx.jit(lambda m, b: mean_loss(m, b)[0])(ours, {k: jnp.asarray(v) for k, v in batch.items()}))
+    step = bench.unpack(batch)
+    assert [len(r.text) + r.num_regions + 1 for r, _ in step] == bench.example_lengths(batch)
+    tb = bench.original_batch(step, cfg.feature_dim)
+    with torch.no_grad():
+        logits = reference(tb)[torch.arange(len(step)), tb["mask_index"]]
+        got = float(torch.nn.functional.cross_entropy(logits, tb["labels"]))
+    assert got == pytest.approx(want, rel=1e-5)
+    assert any(r.num_regions for r, _ in step)  # regions reach the loss (vision is on)
