@@ -3,13 +3,14 @@ the API and CLI giving exactly the decoder's outputs."""
 
 import os
 
+import grain
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
 from bertgen_jax import decode, generate
-from bertgen_jax.checkpoint import save_model_files
+from bertgen_jax.checkpoint import Checkpoints, save_model_files
 from bertgen_jax.data import toyworld
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.unroll import Pair
@@ -41,17 +42,19 @@ def assert_same_params(a, b):
 
 
 def test_export_and_workdir_checkpoint_load_the_same_model(world, tmp_path):
-    import orbax.checkpoint as ocp
     root, store, model, vocab_file = world
     gen = generate.Generator(model, vocab_file, store)
     gen.export(str(tmp_path / "exported"))
     assert_same_params(generate.Generator.load(str(tmp_path / "exported")).model, model)
 
+    # A workdir as the trainer leaves it: its Checkpoints class (async save), model files beside.
     workdir = tmp_path / "workdir"
-    os.makedirs(workdir / "checkpoints" / "7")
+    os.makedirs(workdir)
     save_model_files(str(workdir), CFG, vocab_file)
-    ocp.StandardCheckpointer().save(workdir / "checkpoints" / "7" / "params", params_of(model))
-    ocp.StandardCheckpointer().wait_until_finished()
+    checkpoints = Checkpoints(str(workdir / "checkpoints"), every=1, keep=2, use_async=True)
+    data = iter(grain.MapDataset.range(4).to_iter_dataset())
+    checkpoints.save(7, params_of(model), {"count": np.zeros((), np.int32)}, data, force=True)
+    checkpoints.close()
     loaded = generate.Generator.load(str(workdir))
     assert_same_params(loaded.model, model)
     with pytest.raises(FileNotFoundError, match="no checkpoint 3"):
