@@ -133,7 +133,7 @@ class Steps:
         grads = jax.tree.map(lambda g: g / jnp.maximum(stats["targets"], 1.0), grads)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        stats["grad_norm"] = optax.global_norm(grads)
+        stats["grad_norm"] = optax.tree.norm(grads)
         stats["lr"] = jnp.asarray(self.lr(step), jnp.float32)
         stats["loss"] = stats["loss_sum"] / jnp.maximum(stats["targets"], 1.0)
         return params, opt_state, stats

@@ -95,7 +95,7 @@ def run(config, workdir: str) -> dict:
         streams = [Stream(s.name, s.pairs, weights_of.get(s.name, 1.0)) for s in splits]
         return BatchIterator(streams, data.store, spec, local_rows, config.data.mode, budgets,
                              seed=config.seed, process_index=jax.process_index(),
-                             process_count=jax.process_count(), train=train)
+                             process_count=jax.process_count(), train=train, window=config.data.window)
 
     # 4. resume
     train_it = iterator(train_splits, train=True)

@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.mode = "packed"  # "packed" (several examples per row) or "faithful" (one per row, as the original)
     d.row_length = 128  # tokens per row
     d.targets_per_row = 8  # [MASK] slots per row (packed mode)
+    d.window = 32  # pairs open at once; a batch interleaves their prefixes (1: a pair's prefixes travel together)
     d.regions_per_row = 48  # image-region slots per row
     d.budgets = {"ic": 64, "mmt": 64, "mt": 512}  # sequence budget per task (text + boxes), as the original
     d.on_bad_record = "skip"  # "skip" (count and log) or "error" (stop at the first bad record)

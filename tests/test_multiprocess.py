@@ -39,7 +39,7 @@ def one_process_reference(manifest: str) -> dict:
                    data.store.feature_dim)
     local = config.batch.rows_per_device  # 2 devices, 2 processes: rows per device = rows per process
     iterators = [BatchIterator(streams, data.store, spec, local, config.data.mode, budgets, seed=config.seed,
-                               process_index=p, process_count=2) for p in range(2)]
+                               process_index=p, process_count=2, window=config.data.window) for p in range(2)]
     model, _, _ = _init_model(config, len(data.tokenizer), data.store.feature_dim)
     mesh = sharding.make_mesh()
     lr = optim.schedule(optim.peak_learning_rate(config.optim, 2 * local), config.optim.warmup_steps, STEPS)

@@ -86,15 +86,16 @@ def assert_same(a, b):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-def test_resume_continues_with_identical_batches():
-    # One stream of 2 pairs, so the saved state is epochs in, with a pair carried over.
+@pytest.mark.parametrize("window", [1, 8])
+def test_resume_continues_with_identical_batches(window):
+    # One stream of 2 pairs, so the saved state is epochs in, with pairs part-way through.
     streams = three_streams()[:2] + [Stream("mt", make_pairs("mt", 2, STORE, (5, 16), stream=2))]
-    make = lambda: BatchIterator(streams, STORE, SMALL, 4, budget_for=BUDGETS, seed=7)
+    make = lambda: BatchIterator(streams, STORE, SMALL, 4, budget_for=BUDGETS, seed=7, window=window)
     it = make()
     for _ in range(8):
         next(it)
     state = json.loads(json.dumps(it.get_state()))  # what grain's handler writes
-    assert state["carry"][0] >= 0 and state["epochs"][2] >= 2
+    assert any(t > 0 for _, _, t, _ in state["open"]) and state["epochs"][2] >= 2
     expected = [next(it) for _ in range(4)]
     fresh = make()
     fresh.set_state(state)
@@ -143,10 +144,10 @@ def test_same_seed_same_batches_and_processes_see_disjoint_pairs():
     assert len(seen[0]) > 30 and len(seen[1]) > 30 and not seen[0] & seen[1]
 
 
-@pytest.mark.parametrize("mode", ["packed", "faithful"])
-def test_every_example_of_every_drawn_pair_once_in_order(mode):
+@pytest.mark.parametrize("mode,window", [("packed", 1), ("faithful", 1), ("packed", 8)])
+def test_every_example_of_every_drawn_pair_once_in_order(mode, window):
     streams = three_streams()
-    it = BatchIterator(streams, STORE, SMALL, 8, mode=mode, budget_for=BUDGETS, seed=5)
+    it = BatchIterator(streams, STORE, SMALL, 8, mode=mode, budget_for=BUDGETS, seed=5, window=window)
     where = {}  # (pair, t) -> (batch, row, slot order)
     for b in range(30 if mode == "packed" else 60):
         batch = next(it)
@@ -157,20 +158,19 @@ def test_every_example_of_every_drawn_pair_once_in_order(mode):
             where[pair, t] = (b, row, order)
     state = it.get_state()
     assert state["epochs"] == [0, 0, 0]  # no pair drawn twice in this window
-    carried = None
-    if state["carry"][0] >= 0:
-        s, i, t, _ = state["carry"]
-        carried = 10_000 * (s + 1) + i, t
+    # Open pairs: drawn, with prefixes t and on still to come.
+    still_open = {10_000 * (s + 1) + i: t for s, i, t, _ in state["open"] if s >= 0}
+    assert len(still_open) == window
     pairs = {}
     for pair, t in where:
         pairs.setdefault(pair, []).append(t)
     for s, stream in enumerate(streams):
-        drawn = {p for p in pairs if stream_of(p) == s}
+        drawn = {p for p in pairs.keys() | still_open.keys() if stream_of(p) == s}
         assert len(drawn) == state["positions"][s]  # every drawn pair shows up
     split = 0  # pairs whose prefixes were carried over into the next batch
     for pair, ts in pairs.items():
         n = len(streams[stream_of(pair)].pairs[index_of(pair)].tgt_ids)
-        expected = carried[1] if carried and carried[0] == pair else n + 1
+        expected = still_open.get(pair, n + 1)
         assert sorted(ts) == list(range(expected)), pair
         places = [where[pair, t] for t in range(expected)]
         for (b0, r0, o0), (b1, r1, o1) in zip(places, places[1:]):
@@ -181,10 +181,25 @@ def test_every_example_of_every_drawn_pair_once_in_order(mode):
     assert len(pairs) > 40
 
 
-def test_packed_rows_are_dense():
+def test_a_window_spreads_each_batch_over_that_many_pairs():
+    streams = three_streams(300)
+    distinct, fraction = {}, {}
+    for window in (1, 16):
+        it = BatchIterator(streams, STORE, SMALL, 8, budget_for=BUDGETS, seed=0, window=window)
+        batches = [next(it) for _ in range(20)]
+        distinct[window] = np.mean([len({pair for _, pair, _ in example_keys(b)}) for b in batches])
+        fraction[window] = np.mean([real_token_fraction(b) for b in batches])
+    print(f"pairs per batch of 96 slots: {distinct}; real-token fraction: {fraction}")
+    assert distinct[1] < 6 and distinct[16] >= 16
+    assert fraction[16] >= 0.97 * fraction[1]
+
+
+@pytest.mark.parametrize("window", [1, 16])
+def test_packed_rows_are_dense(window):
     # A ToyWorld-like mix: sources and targets of 5-15 wordpieces, 3-9 regions, budget 64.
     streams = three_streams(300)
-    packed = BatchIterator(streams, STORE, RowSpec(256, 48, 64, FEAT), 16, budget_for=BUDGETS, seed=0)
+    packed = BatchIterator(streams, STORE, RowSpec(256, 48, 64, FEAT), 16, budget_for=BUDGETS, seed=0,
+                           window=window)
     faithful = BatchIterator(streams, STORE, RowSpec(64, 1, 9, FEAT), 16, mode="faithful",
                              budget_for=BUDGETS, seed=0)
     p = [next(packed) for _ in range(8)]

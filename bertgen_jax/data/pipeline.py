@@ -1,9 +1,13 @@
 """Multitask mixing: task streams of tokenized pairs -> fixed-shape host batches, resumable.
 
-The mixing unit is a pair: all n+1 unrolled prefixes of a pair travel together, so in a
-packed row they can share the pair's region slots. Each batch is built from scratch: the
-pair examples are placed in order into the batch's rows, first fit; the first example that
-fits nowhere ends the batch, and it and the rest of its pair open the next one.
+The mixing unit is a pair and its n+1 unrolled prefixes, which come in prefix order. A
+window of W pairs is open at a time; each batch is built from scratch by taking the next
+prefix of each open pair in turn (round robin) and placing it into the batch's rows, first
+fit; a pair whose prefixes are all placed makes room for a newly drawn one. An example that
+fits nowhere stays for the next batch, and the batch ends once W examples in a row did not
+fit. With W = 1 a pair's prefixes travel together (in a packed row they share its region
+slots); a wider window spreads each batch over about W different pairs, nearer the original,
+which samples unrolled examples independently, and makes gradients far less correlated.
 
 Which stream gives the next pair is decided by virtual time, not by a weighted coin: the
 stream whose unrolled-example count divided by its weight is smallest goes next. The share of
@@ -33,7 +37,7 @@ from bertgen_jax.data.unroll import Example, Pair, unroll
 
 # Sequence budgets of the original: text + boxes for visual tasks, text alone for MT.
 DEFAULT_BUDGETS = {"ic": 64, "mmt": 64, "mt": 512}
-STATE_VERSION = 1
+STATE_VERSION = 2
 NO_CARRY = [-1, -1, -1, -1]
 # Domain tags keep the flip and permutation seed sequences apart.
 _FLIP, _PERMUTATION = 0, 1
@@ -77,7 +81,8 @@ class BatchIterator(grain.DatasetIterator):
 
     def __init__(self, streams: Sequence[Stream], regions, spec: RowSpec, rows_per_batch: int,
                  mode: str = "packed", budget_for: Mapping[str, int] | Callable[[str], int] = None,
-                 seed: int = 0, process_index: int = 0, process_count: int = 1, train: bool = True):
+                 seed: int = 0, process_index: int = 0, process_count: int = 1, train: bool = True,
+                 window: int = 1):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"row mode {mode!r} is not one of {MODES}")
@@ -86,6 +91,8 @@ class BatchIterator(grain.DatasetIterator):
                              f"rows_per_batch={rows_per_batch}, spec.targets={spec.targets}")
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+        if window < 1:
+            raise ValueError(f"window must be at least 1 pair, got {window}")
         if seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {seed}")
         if not streams or any(s.weight < 0 for s in streams) or sum(s.weight for s in streams) <= 0:
@@ -94,7 +101,7 @@ class BatchIterator(grain.DatasetIterator):
         budget_for = DEFAULT_BUDGETS if budget_for is None else budget_for
         self.budget_for = budget_for.__getitem__ if isinstance(budget_for, Mapping) else budget_for
         self.streams, self.spec, self.mode, self.train = list(streams), spec, mode, train
-        self.rows_per_batch, self.seed = rows_per_batch, seed
+        self.rows_per_batch, self.seed, self.window = rows_per_batch, seed, window
         self.process_index, self.process_count = process_index, process_count
         self.regions_of = regions_reader(regions)
         # This process's pairs of each stream, as indices into stream.pairs.
@@ -104,38 +111,39 @@ class BatchIterator(grain.DatasetIterator):
                 raise ValueError(f"stream {s.name!r} has {len(s.pairs)} pairs, none for process "
                                  f"{process_index} of {process_count}: give it more pairs or weight 0")
         self._permutations: dict[int, tuple[int, np.ndarray]] = {}  # stream -> (epoch, order)
-        self._unrolled: tuple[tuple, list[Example]] | None = None
+        self._unrolled: dict[tuple, list[Example]] = {}  # (stream, pair, flip) of open pairs
         n = len(self.streams)
         self.set_state({**self._layout(), "draws": 0, "epochs": [0] * n, "positions": [0] * n,
-                        "examples": [0] * n, "carry": NO_CARRY})
+                        "examples": [0] * n, "open": [NO_CARRY] * window, "turn": 0})
 
     # -- state ---------------------------------------------------------------------------------
 
     def _layout(self) -> dict:
         """What a state must have been saved with to be restored here."""
         return {"version": STATE_VERSION, "streams": [s.name for s in self.streams],
-                "process": [self.process_index, self.process_count]}
+                "process": [self.process_index, self.process_count], "window": self.window}
 
     def get_state(self) -> dict:
         """Plain ints and lists (JSON-able, same shapes throughout): per-stream epoch, position
-        and examples drawn, the draw counter, and the carried-over pair as [stream, local pair,
-        next prefix, flip] (NO_CARRY when none)."""
+        and examples drawn, the draw counter, the window's open pairs as [stream, local pair,
+        next prefix, flip] (NO_CARRY for an empty place) and whose turn it is."""
         return {**self._layout(), "draws": self._draws, "epochs": list(self._epochs),
                 "positions": list(self._positions), "examples": list(self._examples),
-                "carry": list(self._carry or NO_CARRY)}
+                "open": [list(o or NO_CARRY) for o in self._open], "turn": self._turn}
 
     def set_state(self, state: dict) -> None:
         for key, value in self._layout().items():
             if state.get(key) != value:
                 raise ValueError(f"batch iterator state has {key}={state.get(key)!r}, this iterator "
-                                 f"has {value!r}: restore with the streams and process layout the "
-                                 "state was saved with")
+                                 f"has {value!r}: restore with the streams, process layout and "
+                                 "window the state was saved with")
         self._draws = int(state["draws"])
         self._epochs = [int(x) for x in state["epochs"]]
         self._positions = [int(x) for x in state["positions"]]
         self._examples = [int(x) for x in state["examples"]]
-        carry = tuple(int(x) for x in state["carry"])
-        self._carry = carry if carry[0] >= 0 else None
+        self._open = [o if o[0] >= 0 else None
+                      for o in (tuple(int(x) for x in entry) for entry in state["open"])]
+        self._turn = int(state["turn"])
 
     # -- drawing pairs -------------------------------------------------------------------------
 
@@ -168,7 +176,7 @@ class BatchIterator(grain.DatasetIterator):
         return self.streams[s].pairs[self.local[s][i]]
 
     def _examples_of(self, s: int, i: int, flip: int) -> list[Example]:
-        if self._unrolled is None or self._unrolled[0] != (s, i, flip):
+        if (s, i, flip) not in self._unrolled:
             pair = self._pair(s, i)
             where = f"stream {self.streams[s].name!r}, pair {self.local[s][i]}"
             try:
@@ -182,8 +190,8 @@ class BatchIterator(grain.DatasetIterator):
                     f"{longest.num_regions} regions exceeds the row ({self.spec.length} tokens, "
                     f"{self.spec.regions} regions): raise the row size or lower the "
                     f"{pair.task!r} sequence budget")
-            self._unrolled = ((s, i, flip), examples)
-        return self._unrolled[1]
+            self._unrolled[s, i, flip] = examples
+        return self._unrolled[s, i, flip]
 
     # -- batches -------------------------------------------------------------------------------
 
@@ -198,15 +206,20 @@ class BatchIterator(grain.DatasetIterator):
 
     def _next_batch(self) -> dict[str, np.ndarray]:
         rows = RowFiller(self.spec, self.rows_per_batch, self.mode)
-        while True:
-            s, i, t, flip = self._carry or self._draw()
+        misses = 0
+        while misses < self.window:
+            k = self._turn
+            self._turn = (k + 1) % self.window
+            s, i, t, flip = self._open[k] or self._draw()
             examples = self._examples_of(s, i, flip)
-            while t < len(examples) and rows.add(examples[t], s):
-                t += 1
-            if t < len(examples):
-                self._carry = (s, i, t, flip)
-                break
-            self._carry = None
+            if rows.add(examples[t], s):
+                misses, t = 0, t + 1
+            else:
+                misses += 1
+            self._open[k] = (s, i, t, flip) if t < len(examples) else None
+        # W misses in a row went once round the window: the next batch starts with the first.
+        open_keys = {(o[0], o[1], o[3]) for o in self._open if o}
+        self._unrolled = {k: v for k, v in self._unrolled.items() if k in open_keys}
         batch = stack_rows([assemble_row([ex for ex, _ in members], self.spec, self.regions_of)
                             for members in rows.members])
         batch["stream_ids"] = np.full((self.rows_per_batch, self.spec.targets), -1, np.int32)
@@ -222,5 +235,5 @@ class BatchIterator(grain.DatasetIterator):
 
     def __str__(self) -> str:
         return (f"BatchIterator(streams={[s.name for s in self.streams]}, mode={self.mode!r}, "
-                f"rows_per_batch={self.rows_per_batch}, "
+                f"rows_per_batch={self.rows_per_batch}, window={self.window}, "
                 f"process={self.process_index}/{self.process_count})")
