@@ -8,6 +8,7 @@ until a logging step, where they are fetched once and merged.
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import jax
@@ -53,6 +54,13 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+def tag_name(name: str) -> str:
+    """A TensorBoard tag from a display name: "decode/mmt_en-de (shuffled images)/bleu" ->
+    "decode/mmt_en-de_shuffled_images/bleu" (tensorboardX would otherwise rename it, noisily)."""
+    name = re.sub(r"\s*\(([^)]*)\)", r"_\1", name)
+    return re.sub(r"[^A-Za-z0-9_./-]+", "_", name)
+
+
 class Reporter:
     """TensorBoard writer (first process only) and console progress."""
 
@@ -66,7 +74,7 @@ class Reporter:
         if self.writer:
             for key, value in values.items():
                 if value is not None and np.isfinite(value):
-                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
+                    self.writer.add_scalar(tag_name(f"{prefix}/{key}"), value, step)
 
     def text(self, step: int, tag: str, text: str) -> None:
         if self.writer:

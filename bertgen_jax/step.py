@@ -127,9 +127,15 @@ class Steps:
             return jax.tree.map(jnp.add, grads, g), self._stats(micro, loss, correct)
 
         micro_batches = batch["label_weights"].shape[0]
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        grads, stats = jax.lax.scan(micro_step, zeros, (jnp.arange(micro_batches), batch))
-        stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), stats)
+        if micro_batches == 1:  # no accumulation: skip a pass over a zero gradient tree
+            micro = jax.tree.map(lambda x: x[0], batch)
+            (_, (loss, correct)), grads = jax.value_and_grad(summed_loss, has_aux=True)(
+                params, micro, jax.random.fold_in(key, 0))
+            stats = self._stats(micro, loss, correct)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            grads, stats = jax.lax.scan(micro_step, zeros, (jnp.arange(micro_batches), batch))
+            stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), stats)
         grads = jax.tree.map(lambda g: g / jnp.maximum(stats["targets"], 1.0), grads)
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

@@ -38,6 +38,6 @@ def small_model(c):
                    dropout=0.0, attention_dropout=0.0)
     c.batch.rows_per_device = 16
     c.optim.update(lr=2e-3, warmup_steps=100)
-    c.train.update(steps=1200, log_every=100, checkpoint_every=400, eval_every=400)
+    c.train.update(steps=2500, log_every=100, checkpoint_every=500, eval_every=500)
     c.eval.update(batches=4, max_len={"ic": 48, "mmt": 48, "mt": 48}, decode_batch=64, max_sentences=64)
     return c

@@ -49,6 +49,16 @@ def scalars(logdir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def test_display_names_become_tensorboard_tags_and_non_finite_values_are_left_out(tmp_path):
+    from bertgen_jax.reporting import Reporter
+    reporter = Reporter(str(tmp_path), total_steps=1)
+    reporter.scalars(3, {"bleu": 12.5, "cider": float("nan")}, "decode/mmt_en-de (shuffled images)")
+    reporter.scalars(3, {"bleu": 0.25}, "decode/mt_de-fr (copy source)")
+    reporter.writer.close()
+    assert scalars(str(tmp_path)) == {"decode/mmt_en-de_shuffled_images/bleu": [(3, 12.5)],
+                                      "decode/mt_de-fr_copy_source/bleu": [(3, 0.25)]}
+
+
 def test_main_smoke_events_checkpoint_loss_down_one_compile(manifest, env, tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "bertgen_jax.main", "--config", "configs/multitask.py:tiny",
