@@ -178,3 +178,21 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(manifest, tmp_path):
     bad = int(err.value.args[0].split("by step ")[1].split(":")[0])
     kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
     assert kept and max(kept) == bad - 1, (kept, bad)
+
+
+def test_paper_config_lists_every_missing_file_and_where_to_get_it(tmp_path):
+    data = tmp_path / "data"
+    (data / "bert-base-multilingual-cased").mkdir(parents=True)
+    (data / "bert-base-multilingual-cased" / "vocab.txt").write_text("[PAD]\n")  # one file present
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, BERTGEN_DATA=str(data))
+    workdir = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "bertgen_jax.main", "--config", "configs/multitask.py:paper",
+                          "--workdir", str(workdir)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    listed = [line.strip() for line in out.stderr.splitlines() if line.startswith("  /")]
+    assert listed == [str(data / "bert-base-multilingual-cased" / "config.json"),
+                      str(data / "vl-bert" / "vl-bert_base_res101_pretrain_multitask.model"),
+                      str(data / "vocab_bertgen.txt"), str(data / "manifest.json")]
+    assert out.stderr.count("get it: ") == 4
+    assert not workdir.exists()  # stopped before anything else
