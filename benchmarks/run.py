@@ -61,7 +61,7 @@ DEFAULTS = {"micro": (2, 2, 8), "tiny": (8, 10, 32), "small": (8, 5, 16), "base"
 # workload (so 12 [MASK] slots waste little head work); one image's regions per row.
 ROW_LENGTH, ROW_TARGETS, ROW_REGIONS = 256, 12, 64
 POOL_PAIRS = 2000
-OPTIM = types.SimpleNamespace(clip_norm=10.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=1e-4,
+OPTIM = types.SimpleNamespace(fused=True, clip_norm=10.0, b1=0.9, b2=0.999, eps=1e-6, weight_decay=1e-4,
                               decay_norms_and_biases=True)  # = torch AdamW's defaults + the original's
 LR = 1e-4
 

@@ -19,6 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from bertgen_jax import optim
 from bertgen_jax import sharding as shard_lib
 from bertgen_jax import vocab
 from bertgen_jax.model import KIND_PAD
@@ -137,8 +138,7 @@ class Steps:
             grads, stats = jax.lax.scan(micro_step, zeros, (jnp.arange(micro_batches), batch))
             stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), stats)
         grads = jax.tree.map(lambda g: g / jnp.maximum(stats["targets"], 1.0), grads)
-        updates, opt_state = self.optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        params, opt_state = optim.apply_gradients(self.optimizer, grads, opt_state, params)
         stats["grad_norm"] = optax.tree.norm(grads)
         stats["lr"] = jnp.asarray(self.lr(step), jnp.float32)
         stats["loss"] = stats["loss_sum"] / jnp.maximum(stats["targets"], 1.0)

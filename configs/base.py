@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     o.b2 = 0.999  # Adam beta2
     o.eps = 1e-6  # Adam epsilon
     o.clip_norm = 10.0  # global gradient-norm clip (0: none)
+    o.fused = True  # clip + AdamW in one pass per parameter (False: optax.chain(clip_by_global_norm, adamw))
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel ways (-1: the devices fsdp x tensor leave)
