@@ -75,8 +75,9 @@ class Checkpoints:
         except (ValueError, KeyError, FileNotFoundError) as err:
             raise RuntimeError(
                 f"cannot restore checkpoint step {step} from {self.directory}: {err}. Was it written "
-                "by a run with another model size or other task streams? Use a fresh --workdir "
-                "or delete that checkpoint.") from err
+                "by a run with another model size, other task streams, another optim.fused or "
+                "data.window, or an older bertgen_jax (optimizer and data-iterator state layouts "
+                "change between versions)? Use a fresh --workdir or delete that checkpoint.") from err
         log.info("checkpoint: restored step %d from %s", step, self.directory)
         return out["params"], out["opt_state"]
 

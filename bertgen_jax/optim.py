@@ -34,7 +34,7 @@ def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule
          optax.linear_schedule(peak, 0.0, total_steps - warmup_steps)], [warmup_steps])
 
 
-def make_optimizer(optim, lr: optax.Schedule) -> optax.GradientTransformation:
+def make_optimizer(optim, lr: optax.Schedule) -> optax.GradientTransformation | FusedAdamW:
     """Clip the global gradient norm, then AdamW. optax's decay is lr x wd x param, applied
     apart from the Adam moments: torch.optim.AdamW's decoupled form. Every parameter decays
     unless optim.decay_norms_and_biases is False (REFERENCE.md names no exclusion).
@@ -85,7 +85,8 @@ def fused_adamw(lr: optax.Schedule, b1: float, b2: float, eps: float, weight_dec
     clip written as a select between two trees, cost several passes over every tree (CPU, base
     size, one update: 0.17 s against optax's 0.37 s; torch's fused AdamW 0.16 s; see
     `python -m benchmarks.optimizer`). Equal to the chain up to float rounding (tested);
-    clip_norm <= 0 means no clipping."""
+    clip_norm <= 0 means no clipping; `mask` is None, a callable params -> tree of bools, or
+    such a full tree (not a prefix of the params)."""
     def init(params):
         return FusedAdamWState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params),
                                optax.tree.zeros_like(params))
@@ -96,9 +97,11 @@ def fused_adamw(lr: optax.Schedule, b1: float, b2: float, eps: float, weight_dec
         if clip_norm > 0:  # a scalar factor, not a select between trees: that keeps one pass
             norm = optax.tree.norm(grads)
             scale = jnp.where(norm < clip_norm, 1.0, clip_norm / norm)
-        step_size = -lr(state.count)
+        step_size = -(lr(state.count) if callable(lr) else lr)
         c1, c2 = 1 - b1 ** count, 1 - b2 ** count
-        decays = mask(params) if callable(mask) else (mask or jax.tree.map(lambda _: True, params))
+        decays = mask(params) if callable(mask) else mask
+        if decays is None:
+            decays = jax.tree.map(lambda _: True, params)
 
         def one(g, m, v, p, decay):
             g = g * scale.astype(g.dtype) if clip_norm > 0 else g
@@ -107,8 +110,8 @@ def fused_adamw(lr: optax.Schedule, b1: float, b2: float, eps: float, weight_dec
             u = (m / c1.astype(m.dtype)) / (jnp.sqrt(v / c2.astype(v.dtype)) + eps)
             if decay:
                 u = u + weight_decay * p
-            u = step_size * u
-            return (p + u if new_params else u), m, v
+            u = jnp.asarray(step_size, u.dtype) * u
+            return ((p + u).astype(p.dtype) if new_params else u), m, v
 
         out = jax.tree.map(one, grads, state.mu, state.nu, params, decays)
         first, mu, nu = (jax.tree.map(lambda o, k=k: o[k], out, is_leaf=lambda x: isinstance(x, tuple))

@@ -5,8 +5,9 @@ State travels as (params, opt_state): params the model's nnx.Param values as a n
 (dropout RNG streams) are closed over; dropout keys come from one root key folded by step and
 micro-batch, so a run is reproducible bit for bit.
 
-A batch has a leading micro-batch axis [A, B, ...]: the step scans over the A micro-batches,
-summing gradients of the summed loss, then divides by the global count of real targets. The
+A batch has a leading micro-batch axis [A, B, ...]: the step scans over the A micro-batches
+(A = 1: no scan), summing gradients of the summed loss, then divides by the global count of
+real targets. The
 update is therefore the same as one batch of A x B rows (gradient accumulation, exact up to
 float summation order).
 """

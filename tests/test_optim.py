@@ -81,3 +81,12 @@ def test_fused_state_shards_like_the_params():
                                    transform_non_params=lambda _: "other")
     assert marked.count == "other"
     assert set(jax.tree.leaves(marked.mu)) == set(jax.tree.leaves(marked.nu)) == {"param"}
+
+
+def test_fused_keeps_parameter_dtypes_and_takes_a_constant_rate():
+    fused = optim.fused_adamw(1e-2, 0.9, 0.999, 1e-6, 0.1, clip_norm=1.0)
+    params = {"w": np.ones((3, 2), jax.numpy.bfloat16), "b": np.ones((2,), np.float32)}
+    grads = jax.tree.map(lambda p: np.full(p.shape, 0.5, p.dtype), params)
+    new, state = fused.apply(grads, fused.init(params), params)
+    assert new["w"].dtype == jax.numpy.bfloat16 and new["b"].dtype == np.float32
+    assert int(state.count) == 1 and float(new["b"][0]) < 1.0

@@ -11,8 +11,8 @@ which samples unrolled examples independently, and makes gradients far less corr
 
 Which stream gives the next pair is decided by virtual time, not by a weighted coin: the
 stream whose unrolled-example count divided by its weight is smallest goes next. The share of
-unrolled examples from each stream then matches the weights to within one pair's length at any
-moment (equal by default, like the original's one example per stream per step). A coin with
+unrolled examples drawn from each stream then matches the weights to within one pair's length
+at any moment, and the share emitted to within the W open pairs (equal by default, like the original's one example per stream per step). A coin with
 probability weight / mean unrolled length has the right expectation, but a stream of long
 targets is drawn rarely, so its share wanders: with weights 0.5/0.3/0.2 and targets of 1-3,
 8-12 and 20-30 wordpieces, some stream is off by more than 2% after 10,000 examples for about
