@@ -38,6 +38,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default=os.path.join(os.environ.get("TMPDIR", "/tmp"), "bertgen_toyworld_demo"))
     ap.add_argument("--batches", type=int, default=50)
+    ap.add_argument("--window", type=int, default=32, help="open pairs per batch (data.window; 32 as training)")
     ap.add_argument("--json")
     args = ap.parse_args()
     budgets = {"ic": 96, "mmt": 96, "mt": 512}  # ToyWorld's visual examples reach 94 positions
@@ -46,7 +47,7 @@ def main():
 
     packed_spec = RowSpec(length=256, targets=48, regions=64, feature_dim=store.feature_dim)
     t0 = time.perf_counter()
-    packed = BatchIterator(streams, store, packed_spec, rows_per_batch=16, budget_for=budgets)
+    packed = BatchIterator(streams, store, packed_spec, rows_per_batch=16, budget_for=budgets, window=args.window)
     fractions = [real_token_fraction(next(packed)) for _ in range(args.batches)]
     packed_time = time.perf_counter() - t0
 
@@ -67,8 +68,9 @@ def main():
         "original_pad_to_longest_fraction": float(np.mean(to_longest)),
         "packed_host_batches_per_s": args.batches / packed_time,
         "batches": args.batches,
+        "window": args.window,
     }
-    print(f"packed rows (16 x 256 tokens, 48 targets): real-token fraction {result['real_token_fraction']:.3f}")
+    print(f"packed rows (16 x 256 tokens, 48 targets, window {args.window}): real-token fraction {result['real_token_fraction']:.3f}")
     print(f"faithful rows padded to {longest}: {result['faithful_fixed_length_fraction']:.3f}")
     print(f"original (one example per stream, padded to the batch's longest): "
           f"{result['original_pad_to_longest_fraction']:.3f}")
