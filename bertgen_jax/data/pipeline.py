@@ -38,7 +38,7 @@ from bertgen_jax.data.unroll import Example, Pair, unroll
 # Sequence budgets of the original: text + boxes for visual tasks, text alone for MT.
 DEFAULT_BUDGETS = {"ic": 64, "mmt": 64, "mt": 512}
 STATE_VERSION = 2
-NO_CARRY = [-1, -1, -1, -1]
+EMPTY_PLACE = [-1, -1, -1, -1]
 # Domain tags keep the flip and permutation seed sequences apart.
 _FLIP, _PERMUTATION = 0, 1
 
@@ -114,7 +114,7 @@ class BatchIterator(grain.DatasetIterator):
         self._unrolled: dict[tuple, list[Example]] = {}  # (stream, pair, flip) of open pairs
         n = len(self.streams)
         self.set_state({**self._layout(), "draws": 0, "epochs": [0] * n, "positions": [0] * n,
-                        "examples": [0] * n, "open": [NO_CARRY] * window, "turn": 0})
+                        "examples": [0] * n, "open": [EMPTY_PLACE] * window, "turn": 0})
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -126,10 +126,10 @@ class BatchIterator(grain.DatasetIterator):
     def get_state(self) -> dict:
         """Plain ints and lists (JSON-able, same shapes throughout): per-stream epoch, position
         and examples drawn, the draw counter, the window's open pairs as [stream, local pair,
-        next prefix, flip] (NO_CARRY for an empty place) and whose turn it is."""
+        next prefix, flip] (EMPTY_PLACE for an empty place) and whose turn it is."""
         return {**self._layout(), "draws": self._draws, "epochs": list(self._epochs),
                 "positions": list(self._positions), "examples": list(self._examples),
-                "open": [list(o or NO_CARRY) for o in self._open], "turn": self._turn}
+                "open": [list(o or EMPTY_PLACE) for o in self._open], "turn": self._turn}
 
     def set_state(self, state: dict) -> None:
         for key, value in self._layout().items():
