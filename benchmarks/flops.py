@@ -64,24 +64,28 @@ def _best_rate(run, flops: float, repeats: int) -> float:
     return flops / best
 
 
-def peak_jax(n: int = 2048, repeats: int = 8) -> float:
-    """f32 FLOP/s of a jitted n^3 jnp.dot, compiled and warmed first."""
+def peak_jax(n: int = 2048, repeats: int = 8, dtype: str = "float32") -> float:
+    """FLOP/s of a jitted n^3 jnp.dot in `dtype` on JAX's default device, compiled and warmed
+    first (f32 on a GPU: at the precision jax_default_matmul_precision gives it)."""
     import jax
     import jax.numpy as jnp
     rng = np.random.default_rng(0)
-    a, b = (jnp.asarray(rng.random((n, n), np.float32)) for _ in range(2))
+    a, b = (jnp.asarray(rng.random((n, n), np.float32), dtype=dtype) for _ in range(2))
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
     return _best_rate(lambda: dot(a, b).block_until_ready(), 2.0 * n ** 3, repeats)
 
 
-def peak_torch(n: int = 2048, repeats: int = 8) -> float:
-    """f32 FLOP/s of an n^3 torch.mm (MKL / oneDNN on the CPU), warmed first."""
+def peak_torch(n: int = 2048, repeats: int = 8, dtype: str = "float32", device: str = "cpu") -> float:
+    """FLOP/s of an n^3 torch.mm in `dtype` on `device` (MKL / oneDNN on the CPU; cuBLAS, at
+    torch's float32 matmul precision, on a GPU), warmed first, each run waited for."""
     import torch
     gen = torch.Generator().manual_seed(0)
-    a, b = (torch.rand(n, n, generator=gen) for _ in range(2))
+    a, b = (torch.rand(n, n, generator=gen).to(device=device, dtype=getattr(torch, dtype)) for _ in range(2))
+    sync = torch.cuda.synchronize if a.is_cuda else (lambda: None)
     torch.mm(a, b)
-    return _best_rate(lambda: torch.mm(a, b), 2.0 * n ** 3, repeats)
+    sync()
+    return _best_rate(lambda: (torch.mm(a, b), sync()), 2.0 * n ** 3, repeats)
 
 
 # -- where a step's time goes (run.py --phases) ----------------------------------------------
@@ -130,8 +134,8 @@ def torch_phases(model, opt, batch) -> dict:
     for _ in range(3):
         t0 = time.perf_counter()
         logits = model(batch)
-        targets = torch.full(logits.shape[:2], T.IGNORE, dtype=torch.long)
-        targets[torch.arange(logits.shape[0]), batch["mask_index"]] = batch["labels"]
+        targets = torch.full(logits.shape[:2], T.IGNORE, dtype=torch.long, device=logits.device)
+        targets[torch.arange(logits.shape[0], device=logits.device), batch["mask_index"]] = batch["labels"]
         loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=T.IGNORE)
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)

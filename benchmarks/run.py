@@ -2,6 +2,15 @@
 (benchmarks/torch_reference.py) on the same synthetic workload and model size, in one command:
 
     python benchmarks/run.py --size base [--steps N] [--decode-sentences N] [--json PATH] [--phases]
+    python benchmarks/run.py --size base --device gpu [--dtype bfloat16] --json PATH
+
+`--device gpu` runs both sides on the first CUDA GPU (JAX's CUDA backend, torch on cuda) with
+per-size GPU defaults (more rows per step, more sentences, our decode batch 64; the
+reference's stays 8); float32 there means TF32 matmuls on both sides (JAX's
+jax_default_matmul_precision 'tensorfloat32', torch's 'high'), and the peak is a TF32 matmul too.
+`--dtype bfloat16`: our ModelConfig.dtype (parameters stay float32) and torch.autocast on the
+reference; the peak is then a bf16 matmul. On a GPU peak memory is the device's (JAX's
+peak_bytes_in_use, torch.cuda.max_memory_allocated), on a CPU the process's peak RSS.
 
 Training: our BatchIterator packs one stream of benchmarks/workload.py pairs into rows of 256
 tokens, 12 `[MASK]` slots, 64 region slots. The reference trains on EXACTLY the same unrolled
@@ -57,6 +66,9 @@ MICRO = ModelConfig(vocab_size=500, hidden_size=32, num_layers=1, num_heads=2, i
 # Per size: rows per step, timed steps, sentences decoded. Base keeps the reference's steps at
 # tens of seconds each (full 119,547-way head over every padded position) on 2 cores.
 DEFAULTS = {"micro": (2, 2, 8), "tiny": (8, 10, 32), "small": (8, 5, 16), "base": (4, 3, 8)}
+# On a GPU: enough rows that a step is not all launch overhead; base at 32 rows (~150 examples)
+# keeps the reference's full-vocabulary logits and their gradients (~200 positions each) in memory.
+GPU_DEFAULTS = {"micro": (2, 2, 8), "tiny": (64, 20, 512), "small": (64, 20, 512), "base": (32, 10, 256)}
 # The longest MT example is 206 tokens; a row never held more than 10 examples of this
 # workload (so 12 [MASK] slots waste little head work); one image's regions per row.
 ROW_LENGTH, ROW_TARGETS, ROW_REGIONS = 256, 12, 64
@@ -66,8 +78,8 @@ OPTIM = types.SimpleNamespace(fused=True, clip_norm=10.0, b1=0.9, b2=0.999, eps=
 LR = 1e-4
 
 
-def model_config(name: str) -> ModelConfig:
-    return MICRO if name == "micro" else workload.size(name)
+def model_config(name: str, dtype: str = "float32") -> ModelConfig:
+    return dataclasses.replace(MICRO if name == "micro" else workload.size(name), dtype=dtype)
 
 
 def _load() -> float:
@@ -90,6 +102,34 @@ def _timed(fn) -> float:
 
 def _maxrss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
+def _jax_gpu_peak_gib() -> float:
+    import jax
+    return jax.local_devices()[0].memory_stats()["peak_bytes_in_use"] / 2 ** 30
+
+
+def _jax_setup(args) -> None:
+    """On a GPU: check JAX is on it, and set its float32 matmul precision to torch's there."""
+    import jax
+    if args.device == "gpu":
+        if jax.default_backend() != "gpu":
+            raise SystemExit(f"--device gpu, but JAX's backend is {jax.default_backend()!r} (no CUDA plugin?)")
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32")  # = torch's "high"
+
+
+def _torch_setup(args):
+    """torch's device, and its matmul precision set to match JAX's on that device."""
+    import torch
+    if args.device == "gpu":
+        torch.set_float32_matmul_precision("high")  # TF32, as JAX's default precision there
+        return "cuda"
+    return "cpu"
+
+
+def _autocast_dtype(args):
+    import torch
+    return torch.bfloat16 if args.dtype == "bfloat16" else None
 
 
 # -- the shared workload ----------------------------------------------------------------------
@@ -135,11 +175,11 @@ def unpack(batch) -> list[tuple]:
     return out
 
 
-def original_batch(step: list[tuple], feature_dim: int):
+def original_batch(step: list[tuple], feature_dim: int, device=None):
     """The reference's batch of unpacked examples: one per row, padded to the longest."""
     from benchmarks import torch_reference as T
     rows = [dataclasses.replace(row, image=i) for i, (row, _) in enumerate(step)]
-    return T.original_batch(rows, lambda i: step[i][1], feature_dim)
+    return T.original_batch(rows, lambda i: step[i][1], feature_dim, device)
 
 
 def _summary(cfg, times, labels, lengths) -> dict:
@@ -172,7 +212,10 @@ def side_jax(args, cfg) -> dict:
     from bertgen_jax import optim, sharding
     from bertgen_jax.model import BertGen
     from bertgen_jax.step import Steps
-    out = {"load_start": _load(), "peak_flops": flops.peak_jax(args.peak_n)}
+    _jax_setup(args)
+    peak = functools.partial(flops.peak_jax, dtype=args.dtype)
+    out = {"load_start": _load(), "peak_flops": peak(args.peak_n), "backend": jax.default_backend(),
+           "jax": jax.__version__, "matmul_precision": str(jax.config.jax_default_matmul_precision)}
     batches, build_s = host_batches(cfg, args.rows, args.warmup + args.steps, args.seed)
     lr = optim.schedule(LR, 1, 10 ** 6)
     mesh = sharding.make_mesh()
@@ -193,7 +236,9 @@ def side_jax(args, cfg) -> dict:
     out.update(real_token_fraction=float(np.mean([real_token_fraction(b) for b in timed])),
                build_s_per_step=build_s / len(batches), compiles=steps.traces["train"],
                loss=float(stats["loss"]), maxrss_gib=_maxrss_gib(),
-               peak_flops=_peak(flops.peak_jax, args.peak_n, out["peak_flops"]))
+               peak_flops=_peak(peak, args.peak_n, out["peak_flops"]))
+    if args.device == "gpu":
+        out["gpu_peak_gib"] = _jax_gpu_peak_gib()
     if args.phases:
         out["phases"] = flops.jax_phases(steps, params, opt_state, timed[0], mesh)
     out["load_end"] = _load()
@@ -216,21 +261,24 @@ def side_torch(args, cfg) -> dict:
 
     from benchmarks import torch_reference as T
     torch.manual_seed(args.seed)
-    out = {"load_start": _load(), "peak_flops": flops.peak_torch(args.peak_n), "threads": torch.get_num_threads()}
+    device, autocast = _torch_setup(args), _autocast_dtype(args)
+    peak = functools.partial(flops.peak_torch, dtype=args.dtype, device=device)
+    out = {"load_start": _load(), "peak_flops": peak(args.peak_n), "threads": torch.get_num_threads(),
+           "torch": torch.__version__}
     batches, _ = host_batches(cfg, args.rows, args.warmup + args.steps, args.seed)
     start = time.perf_counter()
     steps = [unpack(b) for b in batches]
     in_order = [[len(r.text) + r.num_regions + 1 for r, _ in step] for step in steps[args.warmup:]]
     steps = steps[:args.warmup] + shuffled_steps(steps[args.warmup:], args.seed)
-    originals = [original_batch(step, cfg.feature_dim) for step in steps]
+    originals = [original_batch(step, cfg.feature_dim, device) for step in steps]
     out["build_s_per_step"] = (time.perf_counter() - start) / len(batches)  # + our build, not counted
-    model = T.TorchBertGen(cfg)
+    model = T.TorchBertGen(cfg).to(device)
     opt = T.make_optimizer(model, LR)
     out["fused_adamw"] = bool(opt.defaults.get("fused"))
     times = []
     for batch in originals:
         t = time.perf_counter()
-        loss = T.train_step(model, opt, batch).item()
+        loss = T.train_step(model, opt, batch, autocast_dtype=autocast).item()  # .item() waits
         times.append(time.perf_counter() - t)
     timed = slice(args.warmup, None)
     out.update(_summary(cfg, times[timed], [b["labels"].tolist() for b in originals[timed]],
@@ -241,10 +289,15 @@ def side_torch(args, cfg) -> dict:
                padded_length=[int(b["valid"].shape[1]) for b in originals[timed]],
                executed_flops=sum(flops.padded_step_flops(cfg, *b["valid"].shape) for b in originals[timed]),
                loss=loss, maxrss_gib=_maxrss_gib(),
-               peak_flops=_peak(flops.peak_torch, args.peak_n, out["peak_flops"]))
+               peak_flops=_peak(peak, args.peak_n, out["peak_flops"]))
+    if device == "cuda":
+        out["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        out["gpu_name"] = torch.cuda.get_device_name()
     if args.phases:
         out["phases"] = flops.torch_phases(model, opt, originals[args.warmup])
     del model, opt, originals
+    if device == "cuda":
+        torch.cuda.empty_cache()  # give the decode side's JAX the memory torch's cache holds
     if not args.skip_decode:  # after maxrss is read: the decode side holds both models
         out["decode"] = side_decode(args, cfg)
     out["load_end"] = _load()
@@ -257,6 +310,7 @@ def side_decode(args, cfg) -> dict:
     from benchmarks import torch_reference as T
     from bertgen_jax import decode
     from bertgen_jax.model import BertGen
+    _jax_setup(args)
     out = {}
     pairs, regions_of = workload.synthetic_pairs(args.decode_sentences, args.seed + 1, cfg.vocab_size,
                                                  feature_dim=cfg.feature_dim)
@@ -264,15 +318,18 @@ def side_decode(args, cfg) -> dict:
     ours_model = BertGen(cfg, nnx.Rngs(args.seed))
     ref_model = T.TorchBertGen(cfg)
     T.load_from_jax(ref_model, ours_model)
+    ref_model.to(_torch_setup(args))
     run_ours = lambda: decode.greedy(ours_model, pairs, regions_of, max_len=args.max_len,
                                      batch_size=args.decode_batch, budget=DEFAULT_BUDGETS)
     out["ours_first_s"] = _timed(run_ours)  # compiles every stage shape these pairs need
     start = time.perf_counter()
     ours = run_ours()
     out["ours_s"] = time.perf_counter() - start
-    T.greedy_original(ref_model, pairs[:1], regions_of, max_len=1)  # first-call allocations
+    autocast = _autocast_dtype(args)
+    T.greedy_original(ref_model, pairs[:1], regions_of, max_len=1, autocast_dtype=autocast)  # first-call allocations
     start = time.perf_counter()
-    ref = T.greedy_original(ref_model, pairs, regions_of, max_len=args.max_len, batch_size=8)
+    ref = T.greedy_original(ref_model, pairs, regions_of, max_len=args.max_len, batch_size=8,
+                            autocast_dtype=autocast)
     out["reference_s"] = time.perf_counter() - start
     n = len(pairs)
     out.update(ours_sentences_per_s=n / out["ours_s"], reference_sentences_per_s=n / out["reference_s"],
@@ -281,7 +338,7 @@ def side_decode(args, cfg) -> dict:
     return out
 
 
-SIDES = {"jax": side_jax, "torch": side_torch}
+SIDES = {"jax": side_jax, "torch": side_torch, "decode": side_decode}
 
 
 # -- the parent: run the sides, compare, print, write ------------------------------------------
@@ -292,6 +349,8 @@ def _run_side(name: str, argv: list[str]) -> dict:
     # libgomp's idle threads spin: on a shared machine that makes PyTorch 5-20x slower on small
     # ops (a descheduled peer stalls every barrier); passive waiting is its best setting here.
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+    if "--device" in argv and argv[argv.index("--device") + 1] == "gpu":
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # the torch side's decode holds JAX and torch
     try:
         start = time.perf_counter()
         subprocess.run([sys.executable, os.path.abspath(__file__), *argv, "--side", name, "--side-out", path],
@@ -312,6 +371,8 @@ def compare(ours: dict, ref: dict, dec: dict | None) -> dict:
            "peak_flops": peak, "real_token_fraction": ours["real_token_fraction"],
            "reference_real_token_fraction": ref["real_token_fraction"],
            "memory_ratio": ours["maxrss_gib"] / ref["maxrss_gib"]}
+    if "gpu_peak_gib" in ours:
+        out["memory_ratio"] = ours["gpu_peak_gib"] / ref["gpu_peak_gib"]
     if ours["useful_flops"] != ref["useful_flops"] or ours["examples"] != ref["examples"]:
         raise AssertionError("the two sides trained on different examples: "
                              f"{ours['examples']} vs {ref['examples']} examples")
@@ -327,12 +388,14 @@ def table(args, cfg, ours, ref, dec, cmp) -> str:
             ("MFU (of the machine's peak)", cmp["mfu"], cmp["reference_mfu"]),
             ("peak RSS GiB (training process)", ours["maxrss_gib"], ref["maxrss_gib"]),
             ("step s (median of timed)", float(np.median(ours["step_s"])), float(np.median(ref["step_s"])))]
+    if "gpu_peak_gib" in ours:
+        rows.insert(-1, ("peak GPU memory GiB (training)", ours["gpu_peak_gib"], ref["gpu_peak_gib"]))
     if dec:
         rows.append(("greedy sentences/s", dec["ours_sentences_per_s"], dec["reference_sentences_per_s"]))
-    lines = [f"size {args.size}: {cfg.num_layers} x {cfg.hidden_size}, vocab {cfg.vocab_size}; "
+    lines = [f"size {args.size}, {args.device}, {args.dtype}: {cfg.num_layers} x {cfg.hidden_size}, vocab {cfg.vocab_size}; "
              f"{args.steps} timed steps after {args.warmup}; {ours['examples'] // args.steps} unrolled "
              f"examples per step ({args.rows} packed rows of {ROW_LENGTH} tokens for ours)",
-             f"peak matmul f32: jnp.dot {ours['peak_flops'] / 1e9:.1f} GFLOP/s, torch.mm "
+             f"peak matmul {args.dtype}: jnp.dot {ours['peak_flops'] / 1e9:.1f} GFLOP/s, torch.mm "
              f"{ref['peak_flops'] / 1e9:.1f} GFLOP/s; load avg {ours['load_start']} .. {ref['load_end']}",
              "", f"| {'':34} | {'ours (JAX)':>12} | {'reference':>12} | {'ratio':>7} |",
              f"|{'-' * 36}|{'-' * 14}:|{'-' * 14}:|{'-' * 9}:|"]
@@ -355,17 +418,27 @@ def parse(argv=None):
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (the compile)")
     ap.add_argument("--rows", type=int, help="our packed rows per step (default per size)")
     ap.add_argument("--decode-sentences", type=int, help="sentences decoded by each side")
-    ap.add_argument("--decode-batch", type=int, default=8, help="our greedy batch (the reference's is 8)")
+    ap.add_argument("--decode-batch", type=int, help="our greedy batch (default 8 on a CPU, 64 on a GPU; "
+                    "the reference's is 8)")
     ap.add_argument("--max-len", type=int, default=20, help="decode length cap")
     ap.add_argument("--skip-decode", action="store_true")
+    ap.add_argument("--decode-only", action="store_true", help="only the greedy decoding comparison")
     ap.add_argument("--phases", action="store_true", help="also time forward / backward / optimizer apart")
-    ap.add_argument("--peak-n", type=int, default=2048, help="side of the peak-FLOP/s matmuls")
+    ap.add_argument("--peak-n", type=int, help="side of the peak-FLOP/s matmuls (default 2048 CPU, 8192 GPU)")
+    ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where both sides run")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype of both sides (ours: ModelConfig.dtype; the reference: autocast)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--side-out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    rows, steps, sentences = DEFAULTS[args.size]
+    gpu = args.device == "gpu"
+    if gpu and args.phases:
+        ap.error("--phases times the CPU path only (its phase timers do not wait for the GPU)")
+    rows, steps, sentences = (GPU_DEFAULTS if gpu else DEFAULTS)[args.size]
+    args.decode_batch = args.decode_batch or (64 if gpu else 8)
+    args.peak_n = args.peak_n or (8192 if gpu else 2048)
     args.rows = args.rows or rows
     args.steps = args.steps or steps
     args.decode_sentences = args.decode_sentences or sentences
@@ -374,20 +447,35 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
-    cfg = model_config(args.size)
+    cfg = model_config(args.size, args.dtype)
     if args.side:
         with open(args.side_out, "w") as f:
             json.dump(SIDES[args.side](args, cfg), f)
         return
     passed = list(argv if argv is not None else sys.argv[1:])  # a side ignores --json
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+    if args.decode_only:
+        dec = _run_side("decode", passed)
+        ratio = dec["ours_sentences_per_s"] / dec["reference_sentences_per_s"]
+        print(f"size {args.size}, {args.device}, {args.dtype}: greedy sentences/s ours {dec['ours_sentences_per_s']:.1f} "
+              f"(batch {args.decode_batch}), reference {dec['reference_sentences_per_s']:.1f} (batch 8), ratio "
+              f"{ratio:.2f}; {dec['sentences']} sentences, max_len {args.max_len}; "
+              f"{dec['same_output']}/{dec['sentences']} outputs identical")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"decode_ratio": ratio, "date": when, "size": args.size, "device": args.device,
+                           "dtype": args.dtype, "command": " ".join(sys.argv), "decode": dec}, f, indent=1)
+        return
     ours, ref = _run_side("jax", passed), _run_side("torch", passed)
     dec = ref.pop("decode", None)
     cmp = compare(ours, ref, dec)
     print(table(args, cfg, ours, ref, dec, cmp))
     if args.json:
-        result = {**cmp, "date": when, "size": args.size, "command": " ".join(sys.argv),
-                  "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        machine = f"{_cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+        if "gpu_peak_gib" in ours:
+            machine = f"{ref['gpu_name']}; {machine}"
+        result = {**cmp, "date": when, "size": args.size, "device": args.device, "dtype": args.dtype,
+                  "command": " ".join(sys.argv), "machine": machine,
                   "ours": ours, "reference": ref, "decode": dec}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -107,3 +107,28 @@ def test_unpacked_examples_are_the_packed_ones():
         got = float(torch.nn.functional.cross_entropy(logits, tb["labels"]))
     assert got == pytest.approx(want, rel=1e-5)
     assert any(r.num_regions for r, _ in step)  # regions reach the loss (vision is on)
+
+
+def test_decode_only_in_bfloat16_writes_the_ratio(tmp_path):
+    path = tmp_path / "decode.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    done = subprocess.run([sys.executable, "benchmarks/run.py", *ARGS, "--decode-only", "--dtype", "bfloat16",
+                           "--json", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(path.read_text())
+    dec = figures["decode"]
+    assert figures["dtype"] == "bfloat16" and dec["sentences"] == 4
+    assert figures["decode_ratio"] == pytest.approx(dec["ours_sentences_per_s"] / dec["reference_sentences_per_s"])
+    assert dec["ours_tokens"] == 4 * 4  # random weights never stop: every sentence runs to --max-len
+    assert "greedy sentences/s ours" in done.stdout
+
+
+def test_gpu_defaults_and_refusals():
+    args = bench.parse(["--size", "base", "--device", "gpu"])
+    assert (args.rows, args.steps, args.decode_sentences) == bench.GPU_DEFAULTS["base"]
+    assert (args.decode_batch, args.peak_n) == (64, 8192)
+    cpu = bench.parse(["--size", "base"])
+    assert (cpu.rows, cpu.decode_batch, cpu.peak_n) == (bench.DEFAULTS["base"][0], 8, 2048)
+    assert bench.model_config("micro", "bfloat16").dtype == "bfloat16"
+    with pytest.raises(SystemExit):
+        bench.parse(["--device", "gpu", "--phases"])
