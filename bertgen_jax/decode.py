@@ -3,9 +3,10 @@ original's plain-Python greedy loop as the reference they must match.
 
 Every step rebuilds the training layout of ../shared/REFERENCE.md ("Input layout") for the
 prefix generated so far, `[TO_X] [CLS] src [SEP] y<t [MASK] [SEP] [IMG]... [END]`, runs the
-encoder and reads the MLM head at `[MASK]` only. In the jitted buffer a row is
-`[text slots][region slots][END]`; positions are explicit, so the regions and `[END]` stay in
-place while their position ids move with the text length T.
+encoder and reads the MLM head at `[MASK]` only. In the jitted buffer a row is the example's
+tokens in that order, text, regions, `[END]`, then padding: the regions and `[END]` move one
+slot right with each generated token (they are gathered from the RoIs projected once per
+batch), so a row of T text tokens and R regions needs T + R + 1 positions, as the original's.
 
 Semantics shared by every decoder here:
 - A row ends at its first `[STOP]` (not part of the output) or after `max_len` tokens; a row
@@ -15,8 +16,8 @@ Semantics shared by every decoder here:
 - budget: source and regions are cut by `fit_budget` as for a training pair with an EMPTY
   target (the target is unknown; it then grows past the budget, as in the original).
 
-Buffers are bucketed (text slots and head width to LENGTH_BUCKET, regions to powers of two)
-and a batch runs in stages: a stage's loop exits when some unfinished row outgrows its buffer
+Buffers are bucketed (buffer length and head width to LENGTH_BUCKET, projected regions to
+powers of two) and a batch runs in stages: a stage's loop exits when some unfinished row outgrows its buffer
 and the next stage continues in a longer one, so short outputs never pay for max_len.
 `TRACES` counts traces (= compiles) per jitted function and bucket.
 """
@@ -194,6 +195,8 @@ def _host_inputs(ctxs, regions_of, rows, feature_dim) -> dict:
     n_real, ctxs = len(ctxs), list(ctxs) + [ctxs[0]] * (rows - len(ctxs))  # dummies: finished from the start
     inp = {"head": np.zeros((rows, hw), np.int32), "h": np.array([len(c.head) for c in ctxs], np.int32),
            "n_regions": np.array([c.regions for c in ctxs], np.int32), "valid": np.arange(rows) < n_real,
+           # positions a row needs besides its prefix's t + 2 ([MASK] [SEP]): head, regions, [END]
+           "fixed": np.array([len(c.head) + c.regions + 1 for c in ctxs], np.int32),
            "region_features": np.zeros((rows, slots, feature_dim), np.float32),
            "region_boxes": np.zeros((rows, slots, 4), np.float32),
            "region_image_wh": np.ones((rows, slots, 2), np.float32)}  # ones keep empty boxes finite
@@ -215,28 +218,25 @@ def _project(graphdef, state, region_arrays):
 
 
 def _layout(inp, seq, t, lt):
-    """Model batch [N, lt + R + 1] for rows whose prefix is seq[:, :t]; inp from _host_inputs,
-    seq [N, M], t [N]. Non-pad tokens in physical order are exactly unroll's example."""
+    """Model batch [N, lt] for rows whose prefix is seq[:, :t]; inp from _host_inputs, seq
+    [N, M], t [N]. Non-pad tokens are exactly unroll's example, in order, then padding."""
     head, h, nr = inp["head"], inp["h"][:, None], inp["n_regions"][:, None]
-    n, slots = head.shape[0], inp["projected"].shape[1]
     j, t = jnp.arange(lt)[None], t[:, None]  # [1, lt], [N, 1]
     from_head = jnp.take_along_axis(head, jnp.clip(j, 0, head.shape[1] - 1), 1)
     from_seq = jnp.take_along_axis(seq, jnp.clip(j - h, 0, seq.shape[1] - 1), 1)
     after = jnp.where(j == h + t, vocab.MASK_ID, vocab.SEP_ID)  # [MASK] [SEP] after the prefix
     ids = jnp.where(j < h, from_head, jnp.where(j < h + t, from_seq, after))
     n_text = h + t + 2
-    text, slot = j < n_text, jnp.arange(slots)[None]
-    region = slot < nr  # [N, R]
-    col = lambda v: jnp.full((n, 1), v, jnp.int32)
-    kind = jnp.concatenate([jnp.where(text, KIND_TEXT, KIND_PAD), jnp.where(region, KIND_REGION, KIND_PAD),
-                            col(KIND_END)], 1)
+    slot = j - n_text  # [N, lt]: the region slot at j, if j is a region
+    text, region, end = j < n_text, (slot >= 0) & (slot < nr), slot == nr
+    kind = jnp.where(text, KIND_TEXT, jnp.where(region, KIND_REGION, jnp.where(end, KIND_END, KIND_PAD)))
     image = jnp.where(nr > 0, 0, -1)
     return {
-        "token_ids": jnp.concatenate([jnp.where(text, ids, 0), jnp.zeros((n, slots + 1), jnp.int32)], 1),
+        "token_ids": jnp.where(text, ids, 0),
         "token_kind": kind, "token_type": jnp.where(kind >= KIND_REGION, TYPE_VISUAL, TYPE_TEXT),
         # Pad slots get position 0: an id past the table would embed as NaN and poison attention.
-        "positions": jnp.concatenate([jnp.where(text, j, 0), jnp.where(region, n_text, 0), n_text + 1], 1),
-        "region_index": jnp.concatenate([jnp.where(text, image, -1), jnp.where(region, slot, -1), col(-1)], 1),
+        "positions": jnp.where(text, j, jnp.where(region, n_text, jnp.where(end, n_text + 1, 0))),
+        "region_index": jnp.where(text, image, jnp.where(region, slot, -1)),
     }
 
 
@@ -257,10 +257,10 @@ def _mask_logits(model, inp, seq, t, lt):
 def _greedy_stage(graphdef, state, inp, carry, lt):
     TRACES[("greedy", inp["head"].shape, lt, inp["projected"].shape[1])] += 1  # runs while tracing only
     model = _decode_model(graphdef, state, inp["projected"])
-    h, rows = inp["h"], jnp.arange(inp["h"].shape[0])
+    fixed, rows = inp["fixed"], jnp.arange(inp["h"].shape[0])
 
     def cond(c):
-        return jnp.any(~c["done"]) & jnp.all(c["done"] | (h + c["t"] + 2 <= lt))
+        return jnp.any(~c["done"]) & jnp.all(c["done"] | (fixed + c["t"] + 2 <= lt))
 
     def body(c):
         seq, t, done = c["seq"], c["t"], c["done"]
@@ -284,15 +284,15 @@ def _batches(model, pairs, regions, budget, max_len, batch_size):
         inp = _host_inputs([ctxs[i] for i in idx], regions_of, batch_size, model.cfg.feature_dim)
         region_arrays = {k: inp.pop(k) for k in ("region_features", "region_boxes", "region_image_wh")}
         inp["projected"] = _project(graphdef, state, region_arrays)
-        lt_max = _round_up(int(inp["h"].max()) + max_len + 1, LENGTH_BUCKET)
+        lt_max = _round_up(int(inp["fixed"].max()) + max_len + 1, LENGTH_BUCKET)
         yield idx, graphdef, state, inp, lt_max
 
 
-def _stages(stage, carry, h, lt_max):
+def _stages(stage, carry, fixed, lt_max):
     """Run `stage(carry, lt)` in ever longer buffers until every row is finished; each stage
-    needs room for the longest unfinished row's next step (h + t + 2 text tokens)."""
+    needs room for the longest unfinished row's next step (fixed + t + 2 positions)."""
     while not (done := np.asarray(carry["done"])).all():
-        need = np.max(np.where(done, 0, h + np.asarray(carry["t"] if "t" in carry else carry["s"]) + 2))
+        need = np.max(np.where(done, 0, fixed + np.asarray(carry["t"] if "t" in carry else carry["s"]) + 2))
         carry = stage(carry, min(_round_up(int(need), LENGTH_BUCKET), lt_max))
     return carry
 
@@ -303,7 +303,7 @@ def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=Non
     for idx, graphdef, state, inp, lt_max in _batches(model, pairs, regions, budget, max_len, batch_size):
         carry = {"seq": np.zeros((batch_size, max_len), np.int32), "t": np.zeros(batch_size, np.int32),
                  "done": ~inp["valid"]}
-        carry = _stages(lambda c, lt: _greedy_stage(graphdef, state, inp, c, lt), carry, inp["h"], lt_max)
+        carry = _stages(lambda c, lt: _greedy_stage(graphdef, state, inp, c, lt), carry, inp["fixed"], lt_max)
         seq, t = np.asarray(carry["seq"]), np.asarray(carry["t"])
         for r, i in enumerate(idx):
             out[i] = seq[r, :t[r]].copy()
@@ -327,7 +327,7 @@ def _block_repeats(logp, seq, s, n):
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 7))
 def _beam_stage(graphdef, state, inp, carry, lt, beam, length_penalty, ngram):
     TRACES[("beam", inp["head"].shape, lt, inp["projected"].shape[1], beam, ngram)] += 1
-    h = inp["h"]
+    fixed = inp["fixed"]
     b_size, m = carry["fin_seq"].shape
     rows = {k: jnp.repeat(v, beam, axis=0) for k, v in inp.items()}  # sentence-major [B * K, ...]
     model = _decode_model(graphdef, state, rows["projected"])
@@ -335,7 +335,7 @@ def _beam_stage(graphdef, state, inp, carry, lt, beam, length_penalty, ngram):
     norm = lambda logp, length: logp / jnp.asarray(length, jnp.float32) ** length_penalty
 
     def cond(c):
-        return jnp.any(~c["done"]) & jnp.all(c["done"] | (h + c["s"] + 2 <= lt))
+        return jnp.any(~c["done"]) & jnp.all(c["done"] | (fixed + c["s"] + 2 <= lt))
 
     def body(c):
         s, seq, done = c["s"], c["seq"], c["done"]
@@ -393,7 +393,7 @@ def beam_search(model, pairs, regions=None, *, beam=4, max_len=150, batch_size=8
                  "fin_score": none, "done": ~inp["valid"]}
         stage = lambda c, lt: _beam_stage(graphdef, state, inp, c, lt, beam, np.float32(length_penalty),
                                           int(no_repeat_ngram))
-        carry = _stages(stage, carry, inp["h"], lt_max)
+        carry = _stages(stage, carry, inp["fixed"], lt_max)
         seq, n, logp = (np.asarray(carry[k]) for k in ("fin_seq", "fin_len", "fin_logp"))
         for r, i in enumerate(idx):
             out[i] = (seq[r, :n[r]].copy(), float(logp[r]))

@@ -132,3 +132,11 @@ def test_gpu_defaults_and_refusals():
     assert bench.model_config("micro", "bfloat16").dtype == "bfloat16"
     with pytest.raises(SystemExit):
         bench.parse(["--device", "gpu", "--phases"])
+
+
+def test_decode_positions_count_every_real_token():
+    from benchmarks import decode_positions
+    got = decode_positions.count(sentences=12, batch=8, max_len=3)
+    assert got["real"] <= got["reference"] and got["real"] <= got["ours"]
+    assert all(rows == 8 for rows, _, _ in got["stages"])
+    assert sum(p for _, _, p in got["stages"]) == 2 * 3  # two batches, 3 passes each (no [STOP])

@@ -138,6 +138,8 @@ def test_each_step_builds_the_training_layout():
             # The buffer holds the same tokens, in the same order once the padding is dropped.
             np.testing.assert_array_equal(buffer[f][r][present], getattr(want, f), err_msg=f)
         assert (got.mask_index, got.num_regions) == (want.mask_index, want.num_regions)
+        # Tight: text, regions and [END] back to back from slot 0, padding only after them.
+        assert present.sum() == len(want.token_ids) and present[:present.sum()].all()
     assert inp["valid"].tolist() == [True] * 4 + [False] * 2
     # A budget cuts source and regions as fit_budget does for a pair with an empty target.
     cut = D.contexts([PAIRS[1]], budget={"mmt": 12})[0]
@@ -161,8 +163,10 @@ def test_greedy_equals_the_reference_loop_on_a_random_model(rand):
 
 def test_one_compile_per_bucket_and_rois_projected_once(rand):
     model, out, traced, projections = rand
-    # Two different batches of 8 in one bucket (head width 32, text slots 32, 8 region slots).
-    assert traced == {("project", 8, 8, FEAT): 1, ("greedy", (8, 32), 32, 8): 1}
+    # Two different batches of 8 in one bucket (head width 32, 8 region slots), each run in a
+    # 32-position buffer and then, once some row outgrows it (head + regions + [END] + t + 2 >
+    # 32), in a 64-position one: every shape traced once.
+    assert traced == {("project", 8, 8, FEAT): 1, ("greedy", (8, 32), 32, 8): 1, ("greedy", (8, 32), 64, 8): 1}
     # Traced once, in the projection: the loop's steps reuse it.
     assert projections == 1
     before = dict(D.TRACES)
