@@ -273,7 +273,7 @@ def _greedy_stage(graphdef, state, inp, carry, lt):
 
 
 def _batches(model, pairs, regions, budget, max_len, batch_size):
-    """(indices, graphdef, state, inputs, max text slots) per batch; similar contexts share a
+    """(indices, graphdef, state, inputs, longest buffer) per batch; similar contexts share a
     batch. Inputs stay numpy (but the projected RoIs): eager ops would compile once per shape."""
     ctxs = contexts(pairs, budget)
     _check_positions(model, ctxs, max_len)

@@ -229,7 +229,7 @@ def test_no_repeat_ngram_blocks_repeats(rand):
 TW_FEAT = 24
 TW_BUDGETS = {"ic": 96, "mmt": 96, "mt": 96}
 STREAMS = ("ic_en", "mmt_de-en", "mt_en-de", "mt_en-fr")
-TW_MAX_LEN = 20  # one buffer length (64 text slots), so one compile per decoder
+TW_MAX_LEN = 20  # short: few buffer lengths, so few compiles per decoder
 
 
 @pytest.fixture(scope="module")
