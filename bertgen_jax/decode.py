@@ -16,8 +16,8 @@ Semantics shared by every decoder here:
 - budget: source and regions are cut by `fit_budget` as for a training pair with an EMPTY
   target (the target is unknown; it then grows past the budget, as in the original).
 
-Buffers are bucketed (buffer length and head width to LENGTH_BUCKET, projected regions to
-powers of two) and a batch runs in stages: a stage's loop exits when some unfinished row outgrows its buffer
+Buffers are bucketed (buffer length to BUFFER_BUCKET, head width to LENGTH_BUCKET, projected
+regions to powers of two) and a batch runs in stages: a stage's loop exits when some unfinished row outgrows its buffer
 and the next stage continues in a longer one, so short outputs never pay for max_len.
 `TRACES` counts traces (= compiles) per jitted function and bucket.
 """
@@ -40,6 +40,7 @@ from bertgen_jax.data.unroll import TASKS, TYPE_TEXT, TYPE_VISUAL, Example, fit_
 from bertgen_jax.model import BATCH_KEYS, KIND_END, KIND_PAD, KIND_REGION, KIND_TEXT
 
 LENGTH_BUCKET = 32
+BUFFER_BUCKET = 16  # finer: each stage's whole row (text, regions, [END]) is rounded to it
 MIN_REGION_SLOTS = 8
 TRACES: collections.Counter = collections.Counter()  # (function, shapes...) -> traces
 
@@ -284,7 +285,7 @@ def _batches(model, pairs, regions, budget, max_len, batch_size):
         inp = _host_inputs([ctxs[i] for i in idx], regions_of, batch_size, model.cfg.feature_dim)
         region_arrays = {k: inp.pop(k) for k in ("region_features", "region_boxes", "region_image_wh")}
         inp["projected"] = _project(graphdef, state, region_arrays)
-        lt_max = _round_up(int(inp["fixed"].max()) + max_len + 1, LENGTH_BUCKET)
+        lt_max = _round_up(int(inp["fixed"].max()) + max_len + 1, BUFFER_BUCKET)
         yield idx, graphdef, state, inp, lt_max
 
 
@@ -293,7 +294,7 @@ def _stages(stage, carry, fixed, lt_max):
     needs room for the longest unfinished row's next step (fixed + t + 2 positions)."""
     while not (done := np.asarray(carry["done"])).all():
         need = np.max(np.where(done, 0, fixed + np.asarray(carry["t"] if "t" in carry else carry["s"]) + 2))
-        carry = stage(carry, min(_round_up(int(need), LENGTH_BUCKET), lt_max))
+        carry = stage(carry, min(_round_up(int(need), BUFFER_BUCKET), lt_max))
     return carry
 
 

@@ -165,8 +165,8 @@ def test_one_compile_per_bucket_and_rois_projected_once(rand):
     model, out, traced, projections = rand
     # Two different batches of 8 in one bucket (head width 32, 8 region slots), each run in a
     # 32-position buffer and then, once some row outgrows it (head + regions + [END] + t + 2 >
-    # 32), in a 64-position one: every shape traced once.
-    assert traced == {("project", 8, 8, FEAT): 1, ("greedy", (8, 32), 32, 8): 1, ("greedy", (8, 32), 64, 8): 1}
+    # 32), in a 48-position one (BUFFER_BUCKET 16): every shape traced once.
+    assert traced == {("project", 8, 8, FEAT): 1, ("greedy", (8, 32), 32, 8): 1, ("greedy", (8, 32), 48, 8): 1}
     # Traced once, in the projection: the loop's steps reuse it.
     assert projections == 1
     before = dict(D.TRACES)
