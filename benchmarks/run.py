@@ -10,14 +10,16 @@ reference's stays 8); float32 there means TF32 matmuls on both sides (JAX's
 jax_default_matmul_precision 'tensorfloat32', torch's 'high'), and the peak is a TF32 matmul too.
 `--dtype bfloat16`: our ModelConfig.dtype (parameters stay float32) and torch.autocast on the
 reference; the peak is then a bf16 matmul. On a GPU peak memory is the device's (JAX's
-peak_bytes_in_use, torch.cuda.max_memory_allocated), on a CPU the process's peak RSS.
+peak_bytes_in_use, torch.cuda.max_memory_allocated less the reference's batches other than the
+largest, which it holds on the GPU before timing), on a CPU the process's peak RSS.
+`--decode-only` runs the decoding comparison alone, in one subprocess.
 
 Training: our BatchIterator packs one stream of benchmarks/workload.py pairs into rows of 256
 tokens, 12 `[MASK]` slots, 64 region slots. The reference trains on EXACTLY the same unrolled
 examples (unpacked from our batches: tokens, label, the example's own regions), the same number
 per step, but shuffled across the timed steps (the original samples examples independently);
 one example per row padded to the step's longest, the head at every position, fused AdamW.
-Both: dropout 0.1, grad-norm clip 10, AdamW (wd 1e-4, eps 1e-6), float32. Batches are built
+Both: dropout 0.1, grad-norm clip 10, AdamW (wd 1e-4, eps 1e-6), `--dtype`. Batches are built
 before timing (build time reported apart); `--warmup` steps (the compile) go untimed; every
 step is waited for; rates are medians over the timed steps of each step's rate.
 
@@ -29,7 +31,8 @@ sentence runs to `--max-len` (default 20, about the workload's mean target lengt
 
 Each side runs in its own subprocess, one after the other, so peak RSS (ru_maxrss) is its own
 (the decode runs after the reference's RSS is read). MFU = useful FLOPs/s (flops.py) / the
-machine's peak: the best of 2048^3 f32 jnp.dot and torch.mm timed in the same run. The machine
+machine's peak: the best of `--peak-n`^3 jnp.dot and torch.mm in `--dtype` (2048 on a CPU,
+8192 on a GPU) timed in the same run. The machine
 is shared: the load average at the start and end of each side goes with its figures.
 """
 
@@ -291,7 +294,10 @@ def side_torch(args, cfg) -> dict:
                loss=loss, maxrss_gib=_maxrss_gib(),
                peak_flops=_peak(peak, args.peak_n, out["peak_flops"]))
     if device == "cuda":
-        out["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        # All its batches sit on the GPU before timing; a training run would hold one at a time.
+        held = [sum(t.nbytes for t in b.values()) for b in originals]
+        out["gpu_batches_gib"] = sum(held) / 2 ** 30
+        out["gpu_peak_gib"] = (torch.cuda.max_memory_allocated() - sum(held) + max(held)) / 2 ** 30
         out["gpu_name"] = torch.cuda.get_device_name()
     if args.phases:
         out["phases"] = flops.torch_phases(model, opt, originals[args.warmup])
@@ -343,13 +349,13 @@ SIDES = {"jax": side_jax, "torch": side_torch, "decode": side_decode}
 
 # -- the parent: run the sides, compare, print, write ------------------------------------------
 
-def _run_side(name: str, argv: list[str]) -> dict:
+def _run_side(name: str, argv: list[str], gpu: bool) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     # libgomp's idle threads spin: on a shared machine that makes PyTorch 5-20x slower on small
     # ops (a descheduled peer stalls every barrier); passive waiting is its best setting here.
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
-    if "--device" in argv and argv[argv.index("--device") + 1] == "gpu":
+    if gpu:
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # the torch side's decode holds JAX and torch
     try:
         start = time.perf_counter()
@@ -436,6 +442,8 @@ def parse(argv=None):
     gpu = args.device == "gpu"
     if gpu and args.phases:
         ap.error("--phases times the CPU path only (its phase timers do not wait for the GPU)")
+    if args.decode_only and (args.phases or args.skip_decode):
+        ap.error("--decode-only runs no training (--phases) and only decoding (--skip-decode)")
     rows, steps, sentences = (GPU_DEFAULTS if gpu else DEFAULTS)[args.size]
     args.decode_batch = args.decode_batch or (64 if gpu else 8)
     args.peak_n = args.peak_n or (8192 if gpu else 2048)
@@ -455,7 +463,7 @@ def main(argv=None):
     passed = list(argv if argv is not None else sys.argv[1:])  # a side ignores --json
     when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     if args.decode_only:
-        dec = _run_side("decode", passed)
+        dec = _run_side("decode", passed, args.device == "gpu")
         ratio = dec["ours_sentences_per_s"] / dec["reference_sentences_per_s"]
         print(f"size {args.size}, {args.device}, {args.dtype}: greedy sentences/s ours {dec['ours_sentences_per_s']:.1f} "
               f"(batch {args.decode_batch}), reference {dec['reference_sentences_per_s']:.1f} (batch 8), ratio "
@@ -466,7 +474,8 @@ def main(argv=None):
                 json.dump({"decode_ratio": ratio, "date": when, "size": args.size, "device": args.device,
                            "dtype": args.dtype, "command": " ".join(sys.argv), "decode": dec}, f, indent=1)
         return
-    ours, ref = _run_side("jax", passed), _run_side("torch", passed)
+    gpu = args.device == "gpu"
+    ours, ref = _run_side("jax", passed, gpu), _run_side("torch", passed, gpu)
     dec = ref.pop("decode", None)
     cmp = compare(ours, ref, dec)
     print(table(args, cfg, ours, ref, dec, cmp))

@@ -17,8 +17,9 @@ Semantics shared by every decoder here:
   target (the target is unknown; it then grows past the budget, as in the original).
 
 Buffers are bucketed (buffer length to BUFFER_BUCKET, head width to LENGTH_BUCKET, projected
-regions to powers of two) and a batch runs in stages: a stage's loop exits when some unfinished row outgrows its buffer
-and the next stage continues in a longer one, so short outputs never pay for max_len.
+regions to powers of two) and a batch runs in stages: a stage's loop exits when some
+unfinished row outgrows its buffer and the next stage continues in a longer one, so short
+outputs never pay for max_len.
 `TRACES` counts traces (= compiles) per jitted function and bucket.
 """
 

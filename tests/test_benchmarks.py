@@ -132,6 +132,8 @@ def test_gpu_defaults_and_refusals():
     assert bench.model_config("micro", "bfloat16").dtype == "bfloat16"
     with pytest.raises(SystemExit):
         bench.parse(["--device", "gpu", "--phases"])
+    with pytest.raises(SystemExit):
+        bench.parse(["--decode-only", "--skip-decode"])
 
 
 def test_decode_positions_count_every_real_token():
