@@ -31,9 +31,9 @@ def count(sentences: int, batch: int, max_len: int, seed: int = 1, size: str = "
     stages = []
     run_stage = decode._greedy_stage
 
-    def logged(graphdef, state, inp, carry, lt):
+    def logged(graphdef, state, inp, carry, lt, *rest):
         t0 = np.asarray(carry["t"])
-        out = run_stage(graphdef, state, inp, carry, lt)
+        out = run_stage(graphdef, state, inp, carry, lt, *rest)
         stages.append((inp["h"].shape[0], lt, int(np.max(np.asarray(out["t"]) - t0))))
         return out
     decode._greedy_stage = logged

@@ -5,8 +5,9 @@ Every step rebuilds the training layout of ../shared/REFERENCE.md ("Input layout
 prefix generated so far, `[TO_X] [CLS] src [SEP] y<t [MASK] [SEP] [IMG]... [END]`, runs the
 encoder and reads the MLM head at `[MASK]` only. In the jitted buffer a row is the example's
 tokens in that order, text, regions, `[END]`, then padding: the regions and `[END]` move one
-slot right with each generated token (they are gathered from the RoIs projected once per
-batch), so a row of T text tokens and R regions needs T + R + 1 positions, as the original's.
+slot right with each generated token (they are gathered from RoIs projected when rows are
+filled, not every step), so a row of T text tokens and R regions needs T + R + 1 positions,
+as the original's.
 
 Semantics shared by every decoder here:
 - A row ends at its first `[STOP]` (not part of the output) or after `max_len` tokens; a row
@@ -19,7 +20,8 @@ Semantics shared by every decoder here:
 Buffers are bucketed (buffer length to BUFFER_BUCKET, head width to LENGTH_BUCKET, projected
 regions to powers of two) and a batch runs in stages: a stage's loop exits when some
 unfinished row outgrows its buffer and the next stage continues in a longer one, so short
-outputs never pay for max_len.
+outputs never pay for max_len. Greedy also refills: between stages, finished rows take the
+next waiting sentences (see `greedy`); beam search decodes fixed batches.
 `TRACES` counts traces (= compiles) per jitted function and bucket.
 """
 
@@ -43,6 +45,8 @@ from bertgen_jax.model import BATCH_KEYS, KIND_END, KIND_PAD, KIND_REGION, KIND_
 LENGTH_BUCKET = 32
 BUFFER_BUCKET = 16  # finer: each stage's whole row (text, regions, [END]) is rounded to it
 MIN_REGION_SLOTS = 8
+REFILL = 4  # greedy: a stage also ends once 1/REFILL of its rows are done and sentences wait
+REGION_KEYS = ("region_features", "region_boxes", "region_image_wh")
 TRACES: collections.Counter = collections.Counter()  # (function, shapes...) -> traces
 
 
@@ -189,32 +193,42 @@ def sequence_logprob(model, pair, ids, regions=None, *, max_len=None, budget=Non
 
 # -- fixed-shape batches ----------------------------------------------------------------------
 
-def _host_inputs(ctxs, regions_of, rows, feature_dim) -> dict:
-    """Per-row numpy arrays; rows past len(ctxs) are copies of the first with valid False."""
-    hw = _round_up(max(len(c.head) for c in ctxs), LENGTH_BUCKET)
-    most = max(c.regions for c in ctxs)  # a text-only batch keeps one (unused) slot
+def _host_inputs(ctxs, regions_of, rows, feature_dim, sized_for=None) -> dict:
+    """Per-row numpy arrays; rows past len(ctxs) are copies of the first with valid False.
+    Head width and region slots fit the contexts `sized_for` (default ctxs)."""
+    sized_for = sized_for or ctxs
+    hw = _round_up(max(len(c.head) for c in sized_for), LENGTH_BUCKET)
+    most = max(c.regions for c in sized_for)  # a text-only batch keeps one (unused) slot
     slots = max(MIN_REGION_SLOTS, 1 << (most - 1).bit_length()) if most else 1
-    n_real, ctxs = len(ctxs), list(ctxs) + [ctxs[0]] * (rows - len(ctxs))  # dummies: finished from the start
-    inp = {"head": np.zeros((rows, hw), np.int32), "h": np.array([len(c.head) for c in ctxs], np.int32),
-           "n_regions": np.array([c.regions for c in ctxs], np.int32), "valid": np.arange(rows) < n_real,
-           # positions a row needs besides its prefix's t + 2 ([MASK] [SEP]): head, regions, [END]
-           "fixed": np.array([len(c.head) + c.regions + 1 for c in ctxs], np.int32),
+    int_row = lambda: np.zeros(rows, np.int32)
+    inp = {"head": np.zeros((rows, hw), np.int32), "h": int_row(), "n_regions": int_row(),
+           "fixed": int_row(), "valid": np.arange(rows) < len(ctxs),
            "region_features": np.zeros((rows, slots, feature_dim), np.float32),
            "region_boxes": np.zeros((rows, slots, 4), np.float32),
-           "region_image_wh": np.ones((rows, slots, 2), np.float32)}  # ones keep empty boxes finite
-    for r, c in enumerate(ctxs):
-        inp["head"][r, :len(c.head)] = c.head
-        if c.regions:
-            boxes, feats, wh = regions_of(c.image)
-            inp["region_boxes"][r, :c.regions] = boxes[:c.regions]
-            inp["region_features"][r, :c.regions] = feats[:c.regions]
-            inp["region_image_wh"][r, :c.regions] = wh
+           "region_image_wh": np.ones((rows, slots, 2), np.float32)}
+    for r in range(rows):  # dummies: finished from the start
+        _set_row(inp, r, ctxs[r] if r < len(ctxs) else ctxs[0], regions_of)
     return inp
+
+
+def _set_row(inp, r, ctx: Context, regions_of) -> None:
+    """Row r of host inputs `inp` holds ctx: its head, lengths and regions."""
+    inp["head"][r], inp["region_features"][r], inp["region_boxes"][r] = 0, 0, 0
+    inp["region_image_wh"][r] = 1  # ones keep empty boxes finite
+    inp["head"][r, :len(ctx.head)] = ctx.head
+    inp["h"][r], inp["n_regions"][r] = len(ctx.head), ctx.regions
+    # positions a row needs besides its prefix's t + 2 ([MASK] [SEP]): head, regions, [END]
+    inp["fixed"][r] = len(ctx.head) + ctx.regions + 1
+    if ctx.regions:
+        boxes, feats, wh = regions_of(ctx.image)
+        inp["region_boxes"][r, :ctx.regions] = boxes[:ctx.regions]
+        inp["region_features"][r, :ctx.regions] = feats[:ctx.regions]
+        inp["region_image_wh"][r, :ctx.regions] = wh
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _project(graphdef, state, region_arrays):
-    """Projected RoIs [B, R, H]: once per batch, reused by every step of every stage."""
+    """Projected RoIs [B, R, H]: once per batch or refill, reused by every step of every stage."""
     TRACES[("project",) + region_arrays["region_features"].shape] += 1
     return nnx.merge(graphdef, state).embeddings.regions(region_arrays)
 
@@ -244,8 +258,8 @@ def _layout(inp, seq, t, lt):
 
 def _decode_model(graphdef, state, projected):
     model = nnx.merge(graphdef, state)
-    # The RoIs were projected once per batch (_project): hand them to the embeddings instead of
-    # projecting them again every step. This copy of the model lives only inside the trace.
+    # The RoIs were projected when the rows were filled (_project): hand them to the embeddings
+    # instead of projecting them again every step. This copy of the model lives only inside the trace.
     model.embeddings.regions = lambda _batch: projected
     return model
 
@@ -256,13 +270,16 @@ def _mask_logits(model, inp, seq, t, lt):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
-def _greedy_stage(graphdef, state, inp, carry, lt):
+def _greedy_stage(graphdef, state, inp, carry, lt, stop_at):
+    """Greedy steps while every unfinished row fits in lt positions and fewer than stop_at
+    (traced) rows are done."""
     TRACES[("greedy", inp["head"].shape, lt, inp["projected"].shape[1])] += 1  # runs while tracing only
     model = _decode_model(graphdef, state, inp["projected"])
     fixed, rows = inp["fixed"], jnp.arange(inp["h"].shape[0])
 
     def cond(c):
-        return jnp.any(~c["done"]) & jnp.all(c["done"] | (fixed + c["t"] + 2 <= lt))
+        fits = jnp.all(c["done"] | (fixed + c["t"] + 2 <= lt))
+        return jnp.any(~c["done"]) & fits & (jnp.sum(c["done"]) < stop_at)
 
     def body(c):
         seq, t, done = c["seq"], c["t"], c["done"]
@@ -279,15 +296,19 @@ def _batches(model, pairs, regions, budget, max_len, batch_size):
     batch. Inputs stay numpy (but the projected RoIs): eager ops would compile once per shape."""
     ctxs = contexts(pairs, budget)
     _check_positions(model, ctxs, max_len)
-    order = sorted(range(len(ctxs)), key=lambda i: (ctxs[i].regions > 0, len(ctxs[i].head), ctxs[i].regions))
+    order = _order(ctxs)
     regions_of, (graphdef, state) = _cached_regions(regions), _eval_split(model)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         inp = _host_inputs([ctxs[i] for i in idx], regions_of, batch_size, model.cfg.feature_dim)
-        region_arrays = {k: inp.pop(k) for k in ("region_features", "region_boxes", "region_image_wh")}
-        inp["projected"] = _project(graphdef, state, region_arrays)
+        inp["projected"] = _project(graphdef, state, {k: inp.pop(k) for k in REGION_KEYS})
         lt_max = _round_up(int(inp["fixed"].max()) + max_len + 1, BUFFER_BUCKET)
         yield idx, graphdef, state, inp, lt_max
+
+
+def _order(ctxs) -> list[int]:
+    """Similar contexts next to each other: text-only first, then by head length and regions."""
+    return sorted(range(len(ctxs)), key=lambda i: (ctxs[i].regions > 0, len(ctxs[i].head), ctxs[i].regions))
 
 
 def _stages(stage, carry, fixed, lt_max):
@@ -300,16 +321,40 @@ def _stages(stage, carry, fixed, lt_max):
 
 
 def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=None) -> list[np.ndarray]:
-    """Greedy ids for each pair (no [STOP]), in input order. budget: int or {task: int}."""
-    out = [None] * len(pairs)
-    for idx, graphdef, state, inp, lt_max in _batches(model, pairs, regions, budget, max_len, batch_size):
-        carry = {"seq": np.zeros((batch_size, max_len), np.int32), "t": np.zeros(batch_size, np.int32),
-                 "done": ~inp["valid"]}
-        carry = _stages(lambda c, lt: _greedy_stage(graphdef, state, inp, c, lt), carry, inp["fixed"], lt_max)
-        seq, t = np.asarray(carry["seq"]), np.asarray(carry["t"])
-        for r, i in enumerate(idx):
-            out[i] = seq[r, :t[r]].copy()
-    return out
+    """Greedy ids for each pair (no [STOP]), in input order. budget: int or {task: int}.
+
+    The batch_size rows are refilled: between stages, a finished row hands its output back and
+    takes the next waiting sentence (a stage also ends once 1/REFILL of the rows are done while
+    sentences wait), so rows do not idle until the batch's longest output ends. Rows never
+    interact, so the outputs are those of decoding each sentence alone."""
+    ctxs = contexts(pairs, budget)
+    _check_positions(model, ctxs, max_len)
+    regions_of, (graphdef, state) = _cached_regions(regions), _eval_split(model)
+    n, waiting, out = batch_size, collections.deque(_order(ctxs)), [None] * len(pairs)
+    host = _host_inputs(ctxs[:1], regions_of, n, model.cfg.feature_dim, sized_for=ctxs)
+    inp = {k: v for k, v in host.items() if k not in REGION_KEYS + ("valid",)}
+    lt_max = _round_up(max(len(c.head) + c.regions + 1 for c in ctxs) + max_len + 1, BUFFER_BUCKET)
+    owner = np.full(n, -1)  # the pair each row decodes
+    seq, t, done = np.zeros((n, max_len), np.int32), np.zeros(n, np.int32), np.ones(n, bool)
+    while True:
+        refilled = False
+        for r in np.flatnonzero(done):
+            if owner[r] >= 0:
+                out[owner[r]], owner[r] = seq[r, :t[r]].copy(), -1
+            if waiting:
+                owner[r] = waiting.popleft()
+                _set_row(host, r, ctxs[owner[r]], regions_of)
+                seq[r], t[r], done[r], refilled = 0, 0, False, True
+        if done.all():
+            return out
+        if refilled:  # every row again: the projection is per row, and one shape compiles once
+            inp.update({k: host[k] for k in ("head", "h", "n_regions", "fixed")})
+            inp["projected"] = _project(graphdef, state, {k: host[k] for k in REGION_KEYS})
+        need = int(np.max(np.where(done, 0, inp["fixed"] + t + 2)))
+        stop_at = done.sum() + (max(1, n // REFILL) if waiting else n)
+        carry = _greedy_stage(graphdef, state, inp, {"seq": seq, "t": t, "done": done},
+                              min(_round_up(need, BUFFER_BUCKET), lt_max), np.int32(stop_at))
+        seq, t, done = (np.array(carry[k]) for k in ("seq", "t", "done"))  # writable host copies
 
 
 # -- beam search ------------------------------------------------------------------------------

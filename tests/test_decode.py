@@ -163,10 +163,11 @@ def test_greedy_equals_the_reference_loop_on_a_random_model(rand):
 
 def test_one_compile_per_bucket_and_rois_projected_once(rand):
     model, out, traced, projections = rand
-    # Two different batches of 8 in one bucket (head width 32, 8 region slots), each run in a
-    # 32-position buffer and then, once some row outgrows it (head + regions + [END] + t + 2 >
-    # 32), in a 48-position one (BUFFER_BUCKET 16): every shape traced once.
-    assert traced == {("project", 8, 8, FEAT): 1, ("greedy", (8, 32), 32, 8): 1, ("greedy", (8, 32), 48, 8): 1}
+    # 16 pairs through 8 refilled rows of one shape (head width 32, 8 region slots), in buffers
+    # of 16, 32 and 48 positions (BUFFER_BUCKET) as the unfinished rows need (head + regions +
+    # [END] + t + 2): every shape traced once, over the dozen decodes of the fixture.
+    assert traced == {("project", 8, 8, FEAT): 1, ("greedy", (8, 32), 16, 8): 1, ("greedy", (8, 32), 32, 8): 1,
+                      ("greedy", (8, 32), 48, 8): 1}
     # Traced once, in the projection: the loop's steps reuse it.
     assert projections == 1
     before = dict(D.TRACES)
