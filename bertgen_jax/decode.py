@@ -211,14 +211,23 @@ def _host_inputs(ctxs, regions_of, rows, feature_dim, sized_for=None) -> dict:
     return inp
 
 
+def _fixed(ctx: Context) -> int:
+    """Positions a row needs besides its prefix's t + 2 ([MASK] [SEP]): head, regions, [END]."""
+    return len(ctx.head) + ctx.regions + 1
+
+
+def _buffer(fixed, t, done, lt_max) -> int:
+    """The stage buffer: room for the longest unfinished row's next step, bucketed."""
+    need = int(np.max(np.where(done, 0, fixed + t + 2)))
+    return min(_round_up(need, BUFFER_BUCKET), lt_max)
+
+
 def _set_row(inp, r, ctx: Context, regions_of) -> None:
     """Row r of host inputs `inp` holds ctx: its head, lengths and regions."""
     inp["head"][r], inp["region_features"][r], inp["region_boxes"][r] = 0, 0, 0
     inp["region_image_wh"][r] = 1  # ones keep empty boxes finite
     inp["head"][r, :len(ctx.head)] = ctx.head
-    inp["h"][r], inp["n_regions"][r] = len(ctx.head), ctx.regions
-    # positions a row needs besides its prefix's t + 2 ([MASK] [SEP]): head, regions, [END]
-    inp["fixed"][r] = len(ctx.head) + ctx.regions + 1
+    inp["h"][r], inp["n_regions"][r], inp["fixed"][r] = len(ctx.head), ctx.regions, _fixed(ctx)
     if ctx.regions:
         boxes, feats, wh = regions_of(ctx.image)
         inp["region_boxes"][r, :ctx.regions] = boxes[:ctx.regions]
@@ -315,8 +324,7 @@ def _stages(stage, carry, fixed, lt_max):
     """Run `stage(carry, lt)` in ever longer buffers until every row is finished; each stage
     needs room for the longest unfinished row's next step (fixed + t + 2 positions)."""
     while not (done := np.asarray(carry["done"])).all():
-        need = np.max(np.where(done, 0, fixed + np.asarray(carry["t"] if "t" in carry else carry["s"]) + 2))
-        carry = stage(carry, min(_round_up(int(need), BUFFER_BUCKET), lt_max))
+        carry = stage(carry, _buffer(fixed, np.asarray(carry["t"] if "t" in carry else carry["s"]), done, lt_max))
     return carry
 
 
@@ -332,8 +340,8 @@ def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=Non
     regions_of, (graphdef, state) = _cached_regions(regions), _eval_split(model)
     n, waiting, out = batch_size, collections.deque(_order(ctxs)), [None] * len(pairs)
     host = _host_inputs(ctxs[:1], regions_of, n, model.cfg.feature_dim, sized_for=ctxs)
-    inp = {k: v for k, v in host.items() if k not in REGION_KEYS + ("valid",)}
-    lt_max = _round_up(max(len(c.head) + c.regions + 1 for c in ctxs) + max_len + 1, BUFFER_BUCKET)
+    inp = {k: v for k, v in host.items() if k not in REGION_KEYS + ("valid",)}  # the same arrays
+    lt_max = _round_up(max(map(_fixed, ctxs)) + max_len + 1, BUFFER_BUCKET)
     owner = np.full(n, -1)  # the pair each row decodes
     seq, t, done = np.zeros((n, max_len), np.int32), np.zeros(n, np.int32), np.ones(n, bool)
     while True:
@@ -348,12 +356,10 @@ def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=Non
         if done.all():
             return out
         if refilled:  # every row again: the projection is per row, and one shape compiles once
-            inp.update({k: host[k] for k in ("head", "h", "n_regions", "fixed")})
             inp["projected"] = _project(graphdef, state, {k: host[k] for k in REGION_KEYS})
-        need = int(np.max(np.where(done, 0, inp["fixed"] + t + 2)))
         stop_at = done.sum() + (max(1, n // REFILL) if waiting else n)
         carry = _greedy_stage(graphdef, state, inp, {"seq": seq, "t": t, "done": done},
-                              min(_round_up(need, BUFFER_BUCKET), lt_max), np.int32(stop_at))
+                              _buffer(inp["fixed"], t, done, lt_max), np.int32(stop_at))
         seq, t, done = (np.array(carry[k]) for k in ("seq", "t", "done"))  # writable host copies
 
 
