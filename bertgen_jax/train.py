@@ -83,7 +83,10 @@ def run(config, workdir: str) -> dict:
     total = config.train.steps
     peak = optim.peak_learning_rate(config.optim, global_rows * accum)
     lr = optim.schedule(peak, min(config.optim.warmup_steps, total), total)
-    steps = Steps(model, optim.make_optimizer(config.optim, lr), lr, mesh, len(stream_names),
+    # Per-stream sums cover the longest split list: val holds every stream even when
+    # data.train_streams trains on a few, and eval batches number streams by their val index.
+    num_streams = max(len(splits) for splits in data.splits.values())
+    steps = Steps(model, optim.make_optimizer(config.optim, lr), lr, mesh, num_streams,
                   config.seed, rules)
     log.info("mesh %s; %d rows x %d micro-batches per step; peak lr %.3g", dict(mesh.shape),
              global_rows, accum, peak)

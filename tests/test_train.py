@@ -196,3 +196,18 @@ def test_paper_config_lists_every_missing_file_and_where_to_get_it(tmp_path):
                       str(data / "vocab_bertgen.txt"), str(data / "manifest.json")]
     assert out.stderr.count("get it: ") == 4
     assert not workdir.exists()  # stopped before anything else
+
+
+def test_training_a_subset_of_streams_still_evaluates_every_val_stream(manifest, tmp_path):
+    """data.train_streams trains on two streams; the teacher-forced eval covers all val streams
+    (their ids run past the train streams': this used to fail with an IndexError)."""
+    from bertgen_jax import train
+    config = tiny_config(manifest, **{"data.train_streams": ("mt_en-de", "ic_en"), "train.steps": 2,
+                                      "train.log_every": 1, "train.checkpoint_every": 100,
+                                      "eval.batches": 2})
+    summary = train.run(config, str(tmp_path))
+    trained = {k.split("/")[1] for k in summary["train"] if k.startswith("loss/")}
+    evaluated = {k.split("/")[1] for k in summary["eval"] if k.startswith("loss/")}
+    assert trained <= {"mt_en-de", "ic_en"}
+    assert len(evaluated - trained) >= 3, evaluated  # val streams beyond the trained ones
+    assert all(np.isfinite(summary["eval"][f"loss/{n}"]) for n in evaluated)
