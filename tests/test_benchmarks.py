@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks import flops
 from benchmarks import run as bench
+from benchmarks import sides
 from bertgen_jax.data.rows import real_token_fraction
 from bertgen_jax.model import KIND_PAD, ModelConfig
 
@@ -58,14 +59,14 @@ def test_real_token_fractions_are_those_of_the_batches(result):
     figures = result[0]
     cfg = bench.model_config("micro")
     rows = bench.DEFAULTS["micro"][0]
-    batches = bench.host_batches(cfg, rows, 3, seed=0)[0][1:]  # the 2 steps after the warm-up
+    batches = sides.host_batches(cfg, rows, 3, seed=0)[0][1:]  # the 2 steps after the warm-up
     assert figures["real_token_fraction"] == float(np.mean([real_token_fraction(b) for b in batches]))
-    steps = bench.shuffled_steps([bench.unpack(b) for b in batches], seed=0)
-    valid = [bench.original_batch(s, cfg.feature_dim)["valid"].numpy() for s in steps]
+    steps = sides.shuffled_steps([sides.unpack(b) for b in batches], seed=0)
+    valid = [sides.original_batch(s, cfg.feature_dim)["valid"].numpy() for s in steps]
     assert figures["reference_real_token_fraction"] == pytest.approx(np.mean([v.mean() for v in valid]), abs=1e-7)
     # and the example lengths behind the FLOPs count every real token once
     for b in batches:
-        assert sum(bench.example_lengths(b)) == int(np.sum(b["token_kind"] != KIND_PAD))
+        assert sum(sides.example_lengths(b)) == int(np.sum(b["token_kind"] != KIND_PAD))
 
 
 def test_train_flops_by_hand():
@@ -91,7 +92,7 @@ def test_unpacked_examples_are_the_packed_ones():
     from bertgen_jax.model import BertGen
     from bertgen_jax.objective import mean_loss
     cfg = dataclasses.replace(bench.MICRO, dropout=0.0, attention_dropout=0.0, visual_ln_init=1.0)
-    batch = bench.host_batches(cfg, 2, 2, seed=3)[0][1]
+    batch = sides.host_batches(cfg, 2, 2, seed=3)[0][1]
     ours = BertGen(cfg, nnx.Rngs(0))
     ours.eval()
     reference = T.TorchBertGen(cfg)
@@ -99,9 +100,9 @@ def test_unpacked_examples_are_the_packed_ones():
     reference.eval()
     # one compile of the whole loss, not one per eager op
     want = float(nnx.jit(lambda m, b: mean_loss(m, b)[0])(ours, {k: jnp.asarray(v) for k, v in batch.items()}))
-    step = bench.unpack(batch)
-    assert [len(r.text) + r.num_regions + 1 for r, _ in step] == bench.example_lengths(batch)
-    tb = bench.original_batch(step, cfg.feature_dim)
+    step = sides.unpack(batch)
+    assert [len(r.text) + r.num_regions + 1 for r, _ in step] == sides.example_lengths(batch)
+    tb = sides.original_batch(step, cfg.feature_dim)
     with torch.no_grad():
         logits = reference(tb)[torch.arange(len(step)), tb["mask_index"]]
         got = float(torch.nn.functional.cross_entropy(logits, tb["labels"]))
