@@ -44,6 +44,9 @@ def run(config, workdir: str) -> dict:
                if not os.path.exists(path)]
     if missing:
         raise FileNotFoundError("missing files this config needs:\n" + "\n".join(missing))
+    if "://" in workdir:
+        raise ValueError(f"workdir {workdir!r}: a URL; give a filesystem path (local, or a mount every "
+                         "host shares, e.g. gcsfuse) and copy the run to a bucket afterwards (launch/tpu_vm.sh copy)")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     first = jax.process_index() == 0
@@ -53,7 +56,8 @@ def run(config, workdir: str) -> dict:
 
     # 1. data
     budgets = dict(config.data.budgets)
-    data = datasets.load(config.data, workdir, budgets.__getitem__, is_first_process=first)
+    # Only the first process may generate ToyWorld; the others read it after the barrier.
+    data = datasets.load(config.data, workdir, budgets.__getitem__, is_first_process=True) if first else None
     if jax.process_count() > 1:  # the first process generated and prepared; the rest read
         from jax.experimental import multihost_utils
         multihost_utils.sync_global_devices("bertgen_jax data prepared")

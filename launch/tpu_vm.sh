@@ -24,7 +24,8 @@
 #   --config CONFIG            [configs/multitask.py] e.g. configs/multitask.py:paper
 #   --run-name RUN_NAME        [bertgen]            names the workdir, the logs and the bucket folder
 #   --workdir WORKDIR          [$HOME/bertgen_workdir/RUN_NAME on each worker]; on a multi-host
-#                              slice give a gs:// path so every host writes the same checkpoint
+#                              slice give a path every host shares (a gcsfuse mount of the bucket
+#                              or Filestore/NFS): the trainer refuses gs:// URLs
 #   --set KEY=VALUE            one config override, repeatable (same as `-- --config.KEY=VALUE`)
 #   --dry-run (DRY_RUN=1)      print each gcloud command instead of running it
 #

@@ -211,3 +211,11 @@ def test_training_a_subset_of_streams_still_evaluates_every_val_stream(manifest,
     assert trained <= {"mt_en-de", "ic_en"}
     assert len(evaluated - trained) >= 3, evaluated  # val streams beyond the trained ones
     assert all(np.isfinite(summary["eval"][f"loss/{n}"]) for n in evaluated)
+
+
+def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from bertgen_jax import train
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="a URL; give a filesystem path"):
+        train.run(tiny_config(str(tmp_path / "unused.json")), "gs://my-bucket/run1")
+    assert os.listdir(tmp_path) == []  # no local 'gs:' folder
