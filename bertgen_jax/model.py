@@ -242,8 +242,11 @@ class BertGen(nnx.Module):
         """Final hidden states [B, L, H] in the compute dtype."""
         allowed = attention_allowed(batch)
         x = self.embeddings(batch)
+        # Remat only pays in a backward pass: a model in eval mode (evaluation, decoding) runs
+        # its layers plainly, which also lets it be called inside scans and while loops.
+        remat = self.cfg.remat and not self.embeddings.dropout.deterministic
         for layer in self.layers:
-            if self.cfg.remat:
+            if remat:
                 x = nnx.remat(lambda mod, y: mod(y, allowed))(layer, x)
             else:
                 x = layer(x, allowed)

@@ -131,13 +131,26 @@ def test_remat_gives_the_same_gradients():
     batch = visual_batch(np.random.default_rng(6))
 
     def grads(cfg):
-        m = fresh(cfg)
+        m = fresh(dataclasses.replace(cfg, dropout=0.0, attention_dropout=0.0))
+        m.train()  # remat applies in training mode only
         loss = lambda mod: jnp.mean(mod(batch, jnp.zeros((2, 1), jnp.int32)) ** 2)
         return nnx.grad(loss)(m)
 
     g0, g1 = grads(TINY), grads(dataclasses.replace(TINY, remat=True))
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_a_remat_model_in_eval_mode_runs_inside_a_scan():
+    # Evaluation and decoding call the model from inside lax.scan / while_loop; nnx.remat on a
+    # module captured from outside that trace used to raise a TraceContextError.
+    batch = visual_batch(np.random.default_rng(7))
+    plain, remat = fresh(TINY), fresh(dataclasses.replace(TINY, remat=True))
+
+    def scanned(m):
+        return jax.lax.scan(lambda c, _: (c, m.encode(batch)), None, None, length=2)[1]
+
+    np.testing.assert_allclose(scanned(remat), scanned(plain), atol=1e-6)
 
 
 def test_every_parameter_has_logical_axes():
