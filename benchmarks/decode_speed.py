@@ -77,7 +77,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=sorted(SIZES), default="tiny")
     ap.add_argument("--sentences", type=int, default=96)
-    ap.add_argument("--max-len", type=int, default=40, help="ToyWorld's eval max_len (configs/multitask.py)")
+    ap.add_argument("--max-len", type=int, default=40,
+                    help="decode length cap (RESULTS.md's figures: 40; the demo config decodes up to 48)")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "bertgen_toyworld_tiny"))
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -146,10 +146,23 @@ def table(args, cfg, ours, ref, dec, cmp) -> str:
     if "phases" in ours:  # XLA's count of the compiled step, per timed step
         spent += f", ours {ours['phases']['xla_step_flops'] * args.steps / ours['useful_flops']:.2f} (XLA's count)"
     lines.append(f"FLOPs executed per useful FLOP: {spent}")
+    if "phases" in ours:
+        lines.append(phase_line(ours, ref))
     if dec:
         lines.append(f"decode: {dec['sentences']} sentences, max_len {args.max_len}, ours batch "
                      f"{args.decode_batch}; {dec['same_output']}/{dec['sentences']} outputs identical")
     return "\n".join(lines)
+
+
+def phase_line(ours: dict, ref: dict) -> str:
+    """One step's time by phase (--phases): ours as forward, backward (forward + backward less
+    the forward) and the rest of the step; the reference's parts as timed apart."""
+    step = float(np.median(ours["step_s"]))
+    fwd, fwd_bwd = ours["phases"]["forward"], ours["phases"]["forward_backward"]
+    r = ref["phases"]
+    return (f"step phases, s: ours forward {fwd:.3f}, backward {fwd_bwd - fwd:.3f}, rest (optimizer, "
+            f"accumulation) {step - fwd_bwd:.3f}; reference forward {r['forward']:.3f}, backward "
+            f"{r['backward']:.3f}, optimizer {r['optimizer']:.3f}")
 
 
 def parse(argv=None):

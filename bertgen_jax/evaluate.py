@@ -121,9 +121,11 @@ def derange_images(pairs: Sequence[Pair], seed: int = 0) -> list[Pair] | None:
 
 def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets: Sequence[EvalSet],
                   tokenizer, *, out_dir: str | None = None, step: int | None = None,
-                  shuffle_images: bool = True, seed: int = 0, tokenize: str = "words") -> list[dict]:
+                  shuffle_images: bool = True, seed: int = 0, tokenize: str = "words",
+                  on_row: Callable[[dict, list[Pair], list[str], list[list[str]]], None] | None = None) -> list[dict]:
     """Decode, detokenise and score every set (module docstring); write files when out_dir is
-    given; return the rows. `decode_fn(pairs)` returns one id array per pair, in order."""
+    given; return the rows. `decode_fn(pairs)` returns one id array per pair, in order.
+    `on_row(row, inputs, hyps, refs)` is called for every row once it is scored (text samples)."""
     rows, files = [], {}
     for s in eval_sets:
         if not s.pairs:
@@ -135,6 +137,8 @@ def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets
         base = _row(s, "model", hyps, refs, step, tokenize)
         rows.append(base)
         files[s.name] = (hyps, refs)
+        if on_row:
+            on_row(base, inputs, hyps, refs)
         variants = []
         if shuffle_images and s.task in VISUAL_TASKS:
             moved = derange_images(inputs, seed)
@@ -149,6 +153,8 @@ def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets
             row["delta_bleu"] = row["bleu"] - base["bleu"]
             rows.append(row)
             files[row["name"]] = (vhyps, None)
+            if on_row:
+                on_row(row, moved if variant == SHUFFLED else inputs, vhyps, refs)
     if out_dir is not None:
         write_results(out_dir, step, rows, files)
     return rows

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bertgen_jax.errors import ConfigError
+
 LR_RULES = ("absolute", "scaled")
 
 
@@ -20,13 +22,13 @@ def peak_learning_rate(optim, rows_per_step: int) -> float:
         return float(optim.lr)
     if optim.lr_rule == "scaled":
         return float(optim.base_lr) * rows_per_step
-    raise ValueError(f"optim.lr_rule={optim.lr_rule!r}: expected one of {LR_RULES}")
+    raise ConfigError(f"optim.lr_rule={optim.lr_rule!r}: expected one of {LR_RULES}")
 
 
 def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule:
     """0 -> peak linearly over warmup_steps, then linearly to 0 at total_steps."""
     if not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total steps ({total_steps})")
+        raise ConfigError(f"need 0 <= warmup_steps ({warmup_steps}) <= total steps ({total_steps})")
     if warmup_steps == total_steps:
         return optax.linear_schedule(0.0, peak, max(warmup_steps, 1))
     return optax.join_schedules(

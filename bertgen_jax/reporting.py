@@ -61,6 +61,14 @@ def tag_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_./-]+", "_", name)
 
 
+def sample_markdown(sources: list[str], hyps: list[str], refs: list[list[str]], n: int) -> str:
+    """Input, hypothesis and first reference of the first n lines, as a markdown list."""
+    out = []
+    for src, hyp, rs in list(zip(sources, hyps, refs))[:n]:
+        out.append(f"- **input** {src}  \n  **output** {hyp}  \n  **reference** {rs[0] if rs else ''}")
+    return "\n".join(out)
+
+
 class Reporter:
     """TensorBoard writer (first process only) and console progress."""
 
@@ -79,6 +87,12 @@ class Reporter:
     def text(self, step: int, tag: str, text: str) -> None:
         if self.writer:
             self.writer.add_text(tag, text, step)
+
+    def samples(self, step: int, name: str, sources: list[str], hyps: list[str],
+                refs: list[list[str]], n: int) -> None:
+        """The first n decoded inputs of an eval set as a markdown text summary."""
+        if self.writer and n > 0:
+            self.text(step, f"samples/{tag_name(name)}", sample_markdown(sources, hyps, refs, n))
 
     def train(self, step: int, first_step: int, stats: list[dict], stream_names: list[str],
               compiles: int) -> dict[str, float]:

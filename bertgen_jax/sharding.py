@@ -21,6 +21,8 @@ import numpy as np
 from flax import linen, nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from bertgen_jax.errors import ConfigError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the leading (row) dimension of every batch array
 
@@ -45,11 +47,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> M
     devices = jax.devices() if devices is None else list(devices)
     if data == -1:
         if len(devices) % (fsdp * tensor):
-            raise ValueError(f"{len(devices)} devices do not split into fsdp={fsdp} x tensor={tensor}")
+            raise ConfigError(f"{len(devices)} devices do not split into fsdp={fsdp} x tensor={tensor}")
         data = len(devices) // (fsdp * tensor)
     if data * fsdp * tensor != len(devices):
-        raise ValueError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} needs "
-                         f"{data * fsdp * tensor} devices, there are {len(devices)}")
+        raise ConfigError(f"mesh data={data} x fsdp={fsdp} x tensor={tensor} needs "
+                          f"{data * fsdp * tensor} devices, there are {len(devices)}")
     return jax.make_mesh((data, fsdp, tensor), MESH_AXES, axis_types=(AxisType.Auto,) * 3,
                          devices=devices)
 
@@ -103,7 +105,7 @@ def global_batch(host_batch: Mapping[str, np.ndarray], mesh: Mesh, row_axis: int
     for key, value in host_batch.items():
         rows = np.shape(value)[row_axis] * jax.process_count()
         if rows % ways:
-            raise ValueError(f"batch key {key!r}: {rows} global rows do not split over data x fsdp "
-                             f"= {ways} devices: make rows_per_batch x processes a multiple of {ways}")
+            raise ConfigError(f"batch key {key!r}: {rows} global rows do not split over data x fsdp "
+                              f"= {ways} devices: make rows_per_batch x processes a multiple of {ways}")
         out[key] = jax.make_array_from_process_local_data(sharding, np.asarray(value))
     return out

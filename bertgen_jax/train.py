@@ -20,6 +20,7 @@ import signal
 import jax
 import numpy as np
 
+from bertgen_jax.errors import ConfigError
 from bertgen_jax import optim, sharding, weights
 from bertgen_jax.checkpoint import Checkpoints, save_model_files
 from bertgen_jax.data import datasets
@@ -40,13 +41,15 @@ def run(config, workdir: str) -> dict:
     """Train as `config` says, in `workdir` (resuming what is there). Returns a summary:
     status ("finished" or "preempted"), step, compiles, last train and eval metrics, and the
     decode-and-score result rows."""
-    missing = [f"  {path}\n      get it: {where}" for path, where in config.required_files
-               if not os.path.exists(path)]
+    # A path, or a tuple of alternatives any one of which will do.
+    alternatives = lambda path: (path,) if isinstance(path, str) else tuple(path)
+    missing = [f"  {' or '.join(alternatives(path))}\n      get it: {where}"
+               for path, where in config.required_files if not any(map(os.path.exists, alternatives(path)))]
     if missing:
         raise FileNotFoundError("missing files this config needs:\n" + "\n".join(missing))
     if "://" in workdir:
-        raise ValueError(f"workdir {workdir!r}: a URL; give a filesystem path (local, or a mount every "
-                         "host shares, e.g. gcsfuse) and copy the run to a bucket afterwards (launch/tpu_vm.sh copy)")
+        raise ConfigError(f"workdir {workdir!r}: a URL; give a filesystem path (local, or a mount every "
+                          "host shares, e.g. gcsfuse) and copy the run to a bucket afterwards (launch/tpu_vm.sh copy)")
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     first = jax.process_index() == 0
@@ -65,8 +68,8 @@ def run(config, workdir: str) -> dict:
             data = datasets.load(config.data, workdir, budgets.__getitem__, is_first_process=True)
     train_splits = data.splits["train"]
     if not train_splits:
-        raise ValueError(f"no train streams in {data.root}/manifest.json (data.train_streams="
-                         f"{tuple(config.data.train_streams)})")
+        raise ConfigError(f"no train streams in {data.root}/manifest.json (data.train_streams="
+                          f"{tuple(config.data.train_streams)})")
     stream_names = [s.name for s in train_splits]
     feature_dim = data.store.feature_dim if data.store is not None else (config.model.feature_dim or 2048)
 
@@ -82,7 +85,7 @@ def run(config, workdir: str) -> dict:
     row_ways = mesh.shape["data"] * mesh.shape["fsdp"]
     global_rows = config.batch.rows_per_device * row_ways
     if global_rows % jax.process_count():
-        raise ValueError(f"{global_rows} rows per micro-batch do not split over {jax.process_count()} processes")
+        raise ConfigError(f"{global_rows} rows per micro-batch do not split over {jax.process_count()} processes")
     local_rows, accum = global_rows // jax.process_count(), config.batch.accum_steps
     total = config.train.steps
     peak = optim.peak_learning_rate(config.optim, global_rows * accum)
@@ -121,8 +124,9 @@ def run(config, workdir: str) -> dict:
     # 5. loop
     stop = _StopRequest()
     step, pending, train_metrics, eval_metrics, status = start, [], {}, {}, "finished"
+    eval_step = None  # the step eval_metrics were measured at
     if start == 0:  # the untrained baseline, for the curves
-        eval_metrics = _teacher_forced(steps, params, iterator, data, config, mesh, 0, reporter)
+        eval_metrics, eval_step = _teacher_forced(steps, params, iterator, data, config, mesh, 0, reporter), 0
     try:
         while step < total:
             host = _stack([next(batches) for _ in range(accum)])
@@ -146,15 +150,17 @@ def run(config, workdir: str) -> dict:
                 ckpt.save(step, params, opt_state, batches, force=step == total)
             if config.train.eval_every and step % config.train.eval_every == 0 and step < total:
                 eval_metrics = _teacher_forced(steps, params, iterator, data, config, mesh, step, reporter)
+                eval_step = step
     finally:
         stop.restore()
         ckpt.close()
 
     # 6. finish
     summary = {"status": status, "step": step, "compiles": dict(steps.traces), "train": train_metrics,
-               "eval": eval_metrics, "results": [], "workdir": workdir}
+               "eval": eval_metrics, "eval_step": eval_step, "results": [], "workdir": workdir}
     if status == "finished":
         summary["eval"] = _teacher_forced(steps, params, iterator, data, config, mesh, step, reporter)
+        summary["eval_step"] = step
         if config.eval.decode:
             summary["results"] = _decode_eval(steps, params, data, config, step, reporter, workdir)
     reporter.hparams(_flat(config.to_dict()), {k: v for k, v in summary["eval"].items()
@@ -170,10 +176,13 @@ def results_table(summary: dict) -> str:
     """The console table of a run: per-stream teacher-forced metrics, then decode scores."""
     lines = [f"run {summary['status']} at step {summary['step']} ({summary['workdir']}); "
              f"train step compiled {summary['compiles'].get('train')}x"]
-    metrics = summary.get("eval") or summary.get("train") or {}
+    if summary.get("eval"):
+        metrics, label = summary["eval"], f"val at step {summary.get('eval_step')}, teacher-forced"
+    else:
+        metrics, label = summary.get("train") or {}, "train, last report"
     names = sorted(k.split("/", 1)[1] for k in metrics if k.startswith("loss/"))
     if names:
-        lines += ["", "| stream (val, teacher-forced) | loss | [MASK] accuracy |", "|---|---|---|"]
+        lines += ["", f"| stream ({label}) | loss | [MASK] accuracy |", "|---|---|---|"]
         lines += [f"| {n} | {metrics[f'loss/{n}']:.4f} | {metrics[f'accuracy/{n}']:.3f} |" for n in names]
         lines.append(f"| all | {metrics['loss']:.4f} | {metrics['accuracy']:.3f} |")
     if summary.get("results"):
@@ -238,12 +247,25 @@ def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdi
 
     sets = [evaluate.EvalSet(s.name, s.task, s.src, s.tgt, s.zero_shot, _first(s.pairs, config.eval.max_sentences))
             for s in data.splits.get(config.eval.decode_split, []) if s.pairs]
+    def samples(row, inputs, hyps, refs):
+        sources = [_input_text(p, data) for p in inputs[:config.eval.samples]]
+        reporter.samples(step, row["name"], sources, hyps, refs, config.eval.samples)
+
     rows = evaluate.evaluate_sets(decode_fn, sets, data.tokenizer, out_dir=os.path.join(workdir, "eval"),
-                                  step=step, shuffle_images=config.eval.shuffle_images, seed=config.seed)
+                                  step=step, shuffle_images=config.eval.shuffle_images, seed=config.seed,
+                                  on_row=samples)
     for row in rows:
         reporter.scalars(step, {k: row.get(k) for k in ("bleu", "meteor", "cider", "rouge_l")
                                 if isinstance(row.get(k), (int, float))}, f"decode/{row['name']}")
     return rows
+
+
+def _input_text(pair, data) -> str:
+    """What a decoded input was, for text samples: its image id and/or its source sentence."""
+    image = f"[image {data.store.ids[pair.image]}]" if pair.image >= 0 else ""
+    from bertgen_jax import metrics  # noqa: PLC0415
+    source = metrics.ids_to_text(data.tokenizer, pair.src_ids) if len(pair.src_ids) else ""
+    return " ".join(x for x in (image, source) if x)
 
 
 def _first(pairs, n: int):

@@ -7,7 +7,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # the one root seed: init, data order, box flips, dropout (folded by step)
-    c.required_files = ()  # (path, where to get it) pairs checked before anything starts
+    c.required_files = ()  # (path or tuple of alternative paths, where to get it), checked before anything starts
 
     c.data = d = ml_collections.ConfigDict()
     d.manifest = ""  # manifest JSON of task streams (docs/data_formats.md); "" = ToyWorld in the workdir

@@ -18,6 +18,8 @@ REQUIRED = (
      "(`huggingface-cli download google-bert/bert-base-multilingual-cased --local-dir "
      f"{MBERT}`)"),
     (os.path.join(MBERT, "vocab.txt"), "same download as config.json"),
+    ((os.path.join(MBERT, "model.safetensors"), os.path.join(MBERT, "pytorch_model.bin")),
+     "same download as config.json (either weights file will do)"),
     (VLBERT, "VL-BERT's pre-trained base model (github.com/jackroos/VL-BERT, 'Pre-trained Models': "
      "vl-bert_base_res101_pretrain_multitask.model)"),
     (VOCAB, "python -c \"from bertgen_jax import vocab; vocab.write_vocab_with_tags("

@@ -28,7 +28,7 @@ def result(tmp_path_factory):
     # The test checks the data path and the arithmetic, not speed: XLA's cheapest compile keeps
     # the three compiles (train step, two decode stages) to seconds on a busy 2-core machine.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    done = subprocess.run([sys.executable, "benchmarks/run.py", *ARGS, "--json", str(path)], cwd=REPO,
+    done = subprocess.run([sys.executable, "benchmarks/run.py", *ARGS, "--phases", "--json", str(path)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(path) as f:
@@ -46,6 +46,11 @@ def test_json_has_the_figures(result):
     assert figures["ours"]["compiles"] == 1
     assert figures["decode"]["same_output"] == figures["decode"]["sentences"] == 4
     assert "unrolled examples/s" in stdout and "greedy sentences/s" in stdout
+    # --phases: each side's step split into phases, in the JSON and in the printed table
+    phases = figures["ours"]["phases"], figures["reference"]["phases"]
+    assert all(v > 0 for v in (*phases[0].values(), *phases[1].values())), phases
+    assert phases[0]["forward_backward"] > phases[0]["forward"]
+    assert f"step phases, s: ours forward {phases[0]['forward']:.3f}" in stdout, stdout
 
 
 def test_both_sides_did_the_same_examples(result):

@@ -1,6 +1,7 @@
 """Two processes on localhost (jax.distributed over the CPU's gloo collectives, one device
-each) train ToyWorld tiny through `main` and end with the loss of one process that builds the
-same global batches itself (process p's rows are those of BatchIterator(process_index=p))."""
+each) train ToyWorld tiny through `main`, from a fresh workdir (process 0 generates the corpus,
+process 1 waits for it), and end with the loss of one process that builds the same global
+batches itself (process p's rows are those of BatchIterator(process_index=p))."""
 
 import json
 import os
@@ -11,8 +12,6 @@ import sys
 import numpy as np
 import pytest
 
-from bertgen_jax.data import toyworld
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
 OVERRIDES = [f"--config.train.steps={STEPS}", f"--config.train.log_every={STEPS}",
@@ -21,8 +20,6 @@ OVERRIDES = [f"--config.train.steps={STEPS}", f"--config.train.log_every={STEPS}
 
 def one_process_reference(manifest: str) -> dict:
     """Runs with 2 local devices: both processes' rows in one global batch, same steps."""
-    import jax
-
     from bertgen_jax import optim, sharding, step as step_lib
     from bertgen_jax.data import datasets
     from bertgen_jax.data.pipeline import BatchIterator, Stream
@@ -54,33 +51,28 @@ def one_process_reference(manifest: str) -> dict:
     return summarize(stats, [s.name for s in streams])
 
 
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toyworld")
-    toyworld.generate(str(root), seed=0, scale="tiny", progress=False)
-    return str(root / "manifest.json")
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
 
 
-def test_two_processes_end_with_the_one_process_loss(manifest, tmp_path):
+def test_two_processes_from_a_fresh_workdir_end_with_the_one_process_loss(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
     env.pop("XLA_FLAGS", None)
     port = free_port()
     workdir = tmp_path / "run"
     procs = [subprocess.Popen(
         [sys.executable, "-m", "bertgen_jax.main", "--config", "configs/multitask.py:tiny",
-         "--workdir", str(workdir), f"--config.data.manifest={manifest}", f"--coordinator=localhost:{port}",
+         "--workdir", str(workdir), f"--coordinator=localhost:{port}",
          "--num_processes=2", f"--process_id={p}", *OVERRIDES],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]
     assert "process 1 of 2" in outputs[1][1] and "process 0 of 2" in outputs[0][1]
+    assert "generating ToyWorld tiny" in outputs[0][1] and "generating ToyWorld" not in outputs[1][1]
+    manifest = str(workdir / "toyworld_tiny_0" / "manifest.json")
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["step"] == STEPS and summary["compiles"]["train"] == 1
     assert sorted(os.listdir(workdir / "checkpoints")) == ["3", "6"]

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bertgen_jax.data import toyworld
+from bertgen_jax.reporting import tag_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,6 +50,15 @@ def scalars(logdir):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+def texts(logdir):
+    """Text summaries: tag -> the last text written under it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(logdir, size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag.removesuffix("/text_summary"): acc.Tensors(tag)[-1].tensor_proto.string_val[0].decode()
+            for tag in acc.Tags()["tensors"] if tag.startswith("samples/")}
+
+
 def test_display_names_become_tensorboard_tags_and_non_finite_values_are_left_out(tmp_path):
     from bertgen_jax.reporting import Reporter
     reporter = Reporter(str(tmp_path), total_steps=1)
@@ -63,7 +73,9 @@ def test_main_smoke_events_checkpoint_loss_down_one_compile(manifest, env, tmp_p
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "bertgen_jax.main", "--config", "configs/multitask.py:tiny",
            "--workdir", str(workdir), f"--config.data.manifest={manifest}", "--config.train.steps=40",
-           "--config.train.checkpoint_every=20", "--config.optim.lr=5e-3", "--config.eval.batches=4"]
+           "--config.train.checkpoint_every=20", "--config.optim.lr=5e-3", "--config.eval.batches=4",
+           "--config.eval.decode=True", "--config.eval.max_sentences=3", "--config.eval.samples=2",
+           "--config.eval.decode_batch=4"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run finished at step 40" in done.stdout and "| all |" in done.stdout
@@ -83,6 +95,17 @@ def test_main_smoke_events_checkpoint_loss_down_one_compile(manifest, env, tmp_p
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["compiles"] == {"train": 1, "eval": 1}
     assert 0.5 < tags["train/real_token_fraction"][-1][1] <= 1.0
+    # The final decode-and-score eval: a results row per test set and variant, its scalars, and
+    # text samples of its first inputs.
+    rows = json.loads((workdir / "eval" / "results.json").read_text())["evals"][-1]["rows"]
+    assert {r["step"] for r in rows} == {40} and {"ic_fr", "mmt_de-fr (shuffled images)", "mt_fr-de (copy source)"} <= {r["name"] for r in rows}
+    assert [r["name"] for r in summary["results"]] == [r["name"] for r in rows]
+    assert {f"decode/{tag_name(r['name'])}/bleu" for r in rows} <= set(tags)
+    samples = texts(str(workdir / "tensorboard"))
+    assert set(samples) == {f"samples/{tag_name(r['name'])}" for r in rows}
+    mt = samples["samples/mt_en-de"]
+    assert mt.count("**input**") == 2 and mt.count("**reference**") == 2, mt
+    assert samples["samples/ic_en"].startswith("- **input** [image "), samples["samples/ic_en"]
     lr = dict(tags["train/lr"])
     assert lr[5] == pytest.approx(5e-3 * 2 / 5, rel=1e-5)  # warm-up steps 0..4 of 5: mean (0+1+2+3+4)/5 / 5 of peak
 
@@ -111,6 +134,7 @@ DRIVER = textwrap.dedent("""
     train._stack = stack_and_signal
     summary = train.run(tiny_config({manifest!r}, **{overrides!r}), {workdir!r})
     print("SUMMARY", json.dumps({{"status": summary["status"], "step": summary["step"]}}))
+    print(train.results_table(summary))
 """)
 
 
@@ -158,6 +182,7 @@ def test_resume_after_sigkill_then_sigterm_equals_a_straight_run(manifest, env, 
     again = drive(env, run, manifest, overrides)
     assert again.returncode == 0 and "restored step 11" in again.stderr, again.stderr[-3000:]
     assert 'SUMMARY {"status": "finished", "step": 16}' in again.stdout
+    assert "| stream (val at step 16, teacher-forced) |" in again.stdout
 
     want, got = final_params(str(tmp_path / "straight")), final_params(str(run))
     assert want[0] == got[0] == 16
@@ -166,6 +191,17 @@ def test_resume_after_sigkill_then_sigterm_equals_a_straight_run(manifest, env, 
     losses = {r: dict(scalars(str(tmp_path / r / "tensorboard"))["train/loss"]) for r in ("straight", "interrupted")}
     assert losses["interrupted"][16] == losses["straight"][16]
     assert losses["interrupted"][4] == losses["straight"][4]
+
+
+def test_the_results_table_says_which_step_and_split_its_metrics_come_from():
+    from bertgen_jax.train import results_table
+    base = {"status": "preempted", "step": 11, "workdir": "w", "compiles": {"train": 1}, "results": []}
+    val = {"loss": 2.0, "accuracy": 0.5, "loss/mt_en-de": 2.0, "accuracy/mt_en-de": 0.5}
+    train_only = results_table({**base, "eval": {}, "eval_step": None, "train": val})
+    assert "| stream (train, last report) | loss | [MASK] accuracy |" in train_only
+    stale = results_table({**base, "eval": val, "eval_step": 0, "train": {}})
+    assert "| stream (val at step 0, teacher-forced) |" in stale and "| mt_en-de | 2.0000 | 0.500 |" in stale
+    assert "| stream" not in results_table({**base, "eval": {}, "eval_step": None, "train": {}})
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(manifest, tmp_path):
@@ -180,6 +216,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(manifest, tmp_path):
     assert kept and max(kept) == bad - 1, (kept, bad)
 
 
+def test_an_unknown_single_task_stream_is_one_error_line_not_a_traceback(manifest, env, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bertgen_jax.main", "--config", "configs/single_task.py:mt_en-xx",
+                          "--workdir", str(tmp_path / "run"), f"--config.data.manifest={manifest}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "ERROR root: data.train_streams names ['mt_en-xx'], not train streams of" in out.stderr, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
 def test_paper_config_lists_every_missing_file_and_where_to_get_it(tmp_path):
     data = tmp_path / "data"
     (data / "bert-base-multilingual-cased").mkdir(parents=True)
@@ -191,10 +236,11 @@ def test_paper_config_lists_every_missing_file_and_where_to_get_it(tmp_path):
                          timeout=120)
     assert out.returncode == 1, out.stderr[-2000:]
     listed = [line.strip() for line in out.stderr.splitlines() if line.startswith("  /")]
-    assert listed == [str(data / "bert-base-multilingual-cased" / "config.json"),
+    mbert = data / "bert-base-multilingual-cased"
+    assert listed == [str(mbert / "config.json"), f"{mbert / 'model.safetensors'} or {mbert / 'pytorch_model.bin'}",
                       str(data / "vl-bert" / "vl-bert_base_res101_pretrain_multitask.model"),
                       str(data / "vocab_bertgen.txt"), str(data / "manifest.json")]
-    assert out.stderr.count("get it: ") == 4
+    assert out.stderr.count("get it: ") == 5
     assert not workdir.exists()  # stopped before anything else
 
 

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 
+from bertgen_jax.errors import ConfigError
 from bertgen_jax import vocab
 from bertgen_jax.data import toyworld
 from bertgen_jax.data.feature_store import FeatureStore
@@ -78,8 +79,8 @@ def load(data, workdir: str, budget_for, splits=("train", "val", "test"),
     wanted = set(data.train_streams)
     unknown = wanted - {e["name"] for e in entries if e["split"] == "train"}
     if unknown:
-        raise ValueError(f"data.train_streams names {sorted(unknown)}, not train streams of {path}; "
-                         f"it has {sorted({e['name'] for e in manifest['streams'] if e['split'] == 'train'})}")
+        raise ConfigError(f"data.train_streams names {sorted(unknown)}, not train streams of {path}; "
+                          f"it has {sorted({e['name'] for e in manifest['streams'] if e['split'] == 'train'})}")
     jsonl = sorted({_resolve(root, e["file"]) for e in manifest["streams"] if e["format"] == "jsonl"})
     store = None
     if jsonl:
