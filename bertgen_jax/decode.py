@@ -83,7 +83,7 @@ def _check_positions(model, ctxs, max_len):
         if len(c.head) + max_len + 2 >= model.cfg.max_positions:
             raise ValueError(f"pair {i}: a context of {len(c.head)} tokens plus max_len={max_len} "
                              f"exceeds the model's {model.cfg.max_positions} positions: lower max_len "
-                             "or pass a budget")
+                             "or pass a budget (as in training: longer contexts are cut to it)")
 
 
 _round_up = lambda n, m: -(-n // m) * m

@@ -79,13 +79,18 @@ class Generator:
         i = self.store.index(image_id)
         return i, self.store.num_boxes(i)
 
-    def _run(self, pairs, beam, max_len, batch_size) -> list[str]:
+    def _run(self, pairs, beam, max_len, batch_size, budget=None) -> list[str]:
+        if beam < 1:
+            raise ValueError(f"beam={beam}: 1 (greedy) or more (beam width)")
+        if not pairs:
+            return []
         if beam > 1:
             found = decode.beam_search(self.model, pairs, self.store, beam=beam, max_len=max_len,
-                                       batch_size=batch_size)
+                                       batch_size=batch_size, budget=budget)
             ids = [i for i, _ in found]
         else:
-            ids = decode.greedy(self.model, pairs, self.store, max_len=max_len, batch_size=batch_size)
+            ids = decode.greedy(self.model, pairs, self.store, max_len=max_len, batch_size=batch_size,
+                                budget=budget)
         return [ids_to_text(self.tokenizer, i) for i in ids]
 
     def caption(self, image_ids, lang: str, *, beam: int = 1, max_len: int = 150, batch_size: int = 32):
@@ -94,17 +99,20 @@ class Generator:
         return self._run(pairs, beam, max_len, batch_size)
 
     def translate(self, sources, lang: str, image_ids=None, *, beam: int = 1, max_len: int | None = None,
-                  batch_size: int = 32):
-        """Translations into `lang`; with image ids (one per source) multimodal translation."""
+                  batch_size: int = 32, budget: int | None = None):
+        """Translations into `lang`; with image ids (one per source) multimodal translation.
+        `budget`: context tokens at most (longer sources are truncated, as in training)."""
         if image_ids is not None and len(image_ids) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(image_ids)} image ids")
         pairs = []
         for n, text in enumerate(sources):
             src = np.asarray(self.tokenizer.encode(text, add_special_tokens=False), np.int32)
+            if len(src) == 0:
+                raise ValueError(f"source {n + 1} of {len(sources)} is empty: nothing to translate")
             image = self._image(image_ids[n]) if image_ids is not None else (-1, 0)
             pairs.append(Pair("mmt" if image_ids is not None else "mt", lang, src, np.zeros(0, np.int32), *image))
         max_len = max_len or (150 if image_ids is not None else 300)
-        return self._run(pairs, beam, max_len, batch_size)
+        return self._run(pairs, beam, max_len, batch_size, budget)
 
 
 def _flatten(tree, prefix=""):
@@ -132,7 +140,8 @@ def _read_checkpoint(workdir: str, step: int | None, abstract: dict) -> dict:
     directory = os.path.join(workdir, "checkpoints")
     steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
     if not steps or (step is not None and step not in steps):
-        raise FileNotFoundError(f"{directory}: no checkpoint {'' if step is None else step} (have {steps})")
+        wanted = "no checkpoints" if step is None else f"no checkpoint {step}"
+        raise FileNotFoundError(f"{directory}: {wanted} (have {steps})")
     step = steps[-1] if step is None else step
     return ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "params"), abstract)
 
@@ -152,7 +161,27 @@ def main(argv=None) -> int:
     p.add_argument("--beam", type=int, default=1, help="1: greedy (as the original); > 1: beam search")
     p.add_argument("--max-len", type=int, default=None, help="target wordpieces at most (150 / MT 300)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--budget", type=int, default=None, help="translation: context tokens at most "
+                   "(longer sources are truncated); default: no limit but the model's positions")
     args = p.parse_args(argv)
+    try:
+        return _generate(p, args)
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 1
+
+
+def _lines(path: str | None, what: str) -> list[str]:
+    """The lines of a file (stdin for None), one item each; a blank one is an error naming it."""
+    with (open(path, encoding="utf-8") if path else sys.stdin) as f:
+        lines = [line.strip() for line in f]
+    for n, line in enumerate(lines, start=1):
+        if not line:
+            raise ValueError(f"{path or 'stdin'} line {n}: empty {what} (one {what} per line, no blank lines)")
+    return lines
+
+
+def _generate(p, args) -> int:
     gen = Generator.load(args.model, args.step, args.features)
     if args.export:
         gen.export(args.export)
@@ -162,18 +191,16 @@ def main(argv=None) -> int:
         p.error("--task and --lang are needed (or --export DIR)")
     images = args.images
     if args.images_file:
-        with open(args.images_file, encoding="utf-8") as f:
-            images = [line.strip() for line in f if line.strip()]
+        images = _lines(args.images_file, "image id")
     if args.task == "caption":
         if gen.store is None:
             p.error("--task caption needs --features STORE")
         out = gen.caption(images or gen.store.ids, args.lang, beam=args.beam, max_len=args.max_len or 150,
                           batch_size=args.batch_size)
     else:
-        with (open(args.input, encoding="utf-8") if args.input else sys.stdin) as f:
-            sources = [line.rstrip("\n") for line in f]
+        sources = _lines(args.input, "source sentence")
         out = gen.translate(sources, args.lang, images, beam=args.beam, max_len=args.max_len,
-                            batch_size=args.batch_size)
+                            batch_size=args.batch_size, budget=args.budget)
     text = "".join(line + "\n" for line in out)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -25,7 +25,8 @@ from bertgen_jax import optim, sharding, weights
 from bertgen_jax.checkpoint import Checkpoints, save_model_files
 from bertgen_jax.data import datasets
 from bertgen_jax.data.pipeline import BatchIterator, Stream
-from bertgen_jax.data.rows import RowSpec
+from bertgen_jax.data.records import ON_BAD_RECORD
+from bertgen_jax.data.rows import MODES, RowSpec
 from bertgen_jax.model import ModelConfig
 from bertgen_jax.reporting import Reporter, summarize
 from bertgen_jax.step import Steps
@@ -41,6 +42,7 @@ def run(config, workdir: str) -> dict:
     """Train as `config` says, in `workdir` (resuming what is there). Returns a summary:
     status ("finished" or "preempted"), step, compiles, last train and eval metrics, and the
     decode-and-score result rows."""
+    _check_choices(config)
     # A path, or a tuple of alternatives any one of which will do.
     alternatives = lambda path: (path,) if isinstance(path, str) else tuple(path)
     missing = [f"  {' or '.join(alternatives(path))}\n      get it: {where}"
@@ -112,6 +114,10 @@ def run(config, workdir: str) -> dict:
     ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.checkpoint_every,
                        config.train.keep_checkpoints, config.train.async_checkpoints)
     start = ckpt.latest_step() or 0
+    if start > total:
+        ckpt.close()
+        raise ConfigError(f"{workdir} has a checkpoint at step {start}, past train.steps={total}: "
+                          "give train.steps >= that to continue (or generate/evaluate from it)")
     if start:
         params, opt_state = ckpt.restore(start, *steps.abstract_state(), train_it)
     else:
@@ -170,6 +176,18 @@ def run(config, workdir: str) -> dict:
         with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, default=str)
     return summary
+
+
+def _check_choices(config) -> None:
+    """Settings with a fixed set of values, checked before anything is generated or loaded."""
+    choices = {"data.on_bad_record": ON_BAD_RECORD, "data.mode": MODES,
+               "model.dtype": ("float32", "bfloat16")}
+    for key, allowed in choices.items():
+        section, name = key.split(".")
+        if config[section][name] not in allowed:
+            raise ConfigError(f"{key}={config[section][name]!r}: expected one of {allowed}")
+    if config.eval.beam < 1:
+        raise ConfigError(f"eval.beam={config.eval.beam}: expected 1 (greedy) or more (beam width)")
 
 
 def results_table(summary: dict) -> str:

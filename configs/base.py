@@ -14,7 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     d.toyworld_scale = "demo"  # ToyWorld size generated when manifest is "": "tiny" or "demo"
     d.toyworld_seed = 0  # ToyWorld corpus seed
     d.vocab = ""  # WordPiece vocab.txt; "" = the manifest's `vocab`
-    d.features_dir = ""  # prepared feature store; "" = <manifest dir>/features (built if absent)
+    d.features_dir = ""  # a prepared feature store, used as it is; "" = <manifest dir>/features, built from the annotations' zips
     d.train_streams = ()  # train stream names to use; () = every train stream of the manifest
     d.stream_weights = {}  # stream name -> sampling weight (default 1: equal shares, as the original)
     d.mode = "packed"  # "packed" (several examples per row) or "faithful" (one per row, as the original)

@@ -93,3 +93,24 @@ def test_api_and_cli_give_the_decoders_outputs(world, tmp_path, capsys):
         gen.caption(["no-such-image"], "en")
     with pytest.raises(ValueError, match="2 sources but 1 image ids"):
         gen.translate(sources, "fr", images[:1])
+
+
+def test_empty_and_bad_inputs_get_clear_answers(world, tmp_path, capsys):
+    root, store, model, vocab_file = world
+    gen = generate.Generator(model, vocab_file, store)
+    assert gen.translate([], "de") == [] and gen.caption([], "de", beam=2) == []
+    with pytest.raises(ValueError, match="source 2 of 3 is empty"):
+        gen.translate(["a red ball", "  ", "two cubes"], "de")
+    with pytest.raises(ValueError, match="beam=0"):
+        gen.translate(["a red ball"], "de", beam=0)
+    gen.export(str(tmp_path / "m"))
+    cli = ["--model", str(tmp_path / "m"), "--task", "translate", "--lang", "de", "--max-len", "4"]
+    (tmp_path / "src.txt").write_text("a red ball\n\ntwo cubes\n")
+    assert generate.main(cli + ["--input", str(tmp_path / "src.txt")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'src.txt'} line 2: empty source sentence (one source sentence per line, no blank lines)\n"
+    (tmp_path / "one.txt").write_text("a red ball\n")
+    assert generate.main(cli + ["--input", str(tmp_path / "one.txt"), "--features", store.path,
+                                "--images", "no-such-image"]) == 1
+    assert capsys.readouterr().err.startswith("error: image 'no-such-image' is not in the feature store")
+    assert generate.main(["--model", str(tmp_path / "nothing-here"), "--task", "caption", "--lang", "de"]) == 1
+    assert "no model_config.json" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Streams: ToyWorld's manifest entries -> tokenized pairs with the right fields and images."""
 
+import copy
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -68,6 +70,31 @@ def test_pairs_over_the_budget_are_skipped_and_counted_or_raised(world):
     assert all(6 + len(p.tgt_ids) + 1 <= 30 for p in pairs)
     with pytest.raises(DataError, match=r"mmt_en-de_train\.jsonl, line \d+, field 'target'"):
         stream_pairs(entry, str(root), tok, store, budget=30, on_bad_record="error")
+
+
+def test_each_stream_logs_its_own_skips_and_the_shared_counter_sums_them(world, caplog):
+    root, manifest, store, tok = world
+    train = {s["name"]: s for s in manifest["streams"] if s["split"] == "train"}
+    shared = SkipCounter()
+    with caplog.at_level(logging.INFO, logger="bertgen_jax.data.streams"):
+        first = stream_pairs(train["mmt_en-de"], str(root), tok, store, budget=30, skips=shared)
+        stream_pairs(train["mt_en-de"], str(root), tok, store, budget=512, skips=shared)
+    skipped = train["mmt_en-de"]["count"] - len(first)
+    assert skipped > 0 and shared.total == skipped
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [f"stream mmt_en-de: {len(first)} pairs; skipped {skipped} records: "
+                     f"{skipped} too long (first: {shared.first['too long']})"]
+
+
+def test_a_pair_whose_image_was_skipped_by_prepare_says_why(world):
+    root, manifest, store, tok = world
+    entry = next(s for s in manifest["streams"] if s["name"] == "ic_en" and s["split"] == "train")
+    image = json.loads((root / entry["file"]).read_text().splitlines()[0])["image"]
+    damaged = copy.copy(store)
+    damaged.meta = dict(store.meta, skipped=[{"image_id": image, "reason": "bad value",
+                                              "problem": "x.zip@/a.json: field 'features': contains NaN"}])
+    with pytest.raises(DataError, match=r"line 1, field 'image'.*skipped when the store was built.*contains NaN"):
+        stream_pairs(entry, str(root), tok, damaged, budget=96, on_bad_record="error")
 
 
 def test_visual_streams_need_a_store_and_known_languages(world):

@@ -246,7 +246,8 @@ def test_paper_config_lists_every_missing_file_and_where_to_get_it(tmp_path):
 
 def test_training_a_subset_of_streams_still_evaluates_every_val_stream(manifest, tmp_path):
     """data.train_streams trains on two streams; the teacher-forced eval covers all val streams
-    (their ids run past the train streams': this used to fail with an IndexError)."""
+    (their ids run past the train streams': this used to fail with an IndexError). A rerun
+    asking for fewer steps than the workdir's checkpoint is refused."""
     from bertgen_jax import train
     config = tiny_config(manifest, **{"data.train_streams": ("mt_en-de", "ic_en"), "train.steps": 2,
                                       "train.log_every": 1, "train.checkpoint_every": 100,
@@ -257,6 +258,10 @@ def test_training_a_subset_of_streams_still_evaluates_every_val_stream(manifest,
     assert trained <= {"mt_en-de", "ic_en"}
     assert len(evaluated - trained) >= 3, evaluated  # val streams beyond the trained ones
     assert all(np.isfinite(summary["eval"][f"loss/{n}"]) for n in evaluated)
+    from bertgen_jax.errors import ConfigError
+    config.train.steps = 1  # fewer steps than the checkpoint this workdir now holds
+    with pytest.raises(ConfigError, match="has a checkpoint at step 2, past train.steps=1"):
+        train.run(config, str(tmp_path))
 
 
 def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypatch):
@@ -265,3 +270,13 @@ def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypat
     with pytest.raises(ValueError, match="a URL; give a filesystem path"):
         train.run(tiny_config(str(tmp_path / "unused.json")), "gs://my-bucket/run1")
     assert os.listdir(tmp_path) == []  # no local 'gs:' folder
+
+
+@pytest.mark.parametrize("key,value", [("data.on_bad_record", "skpi"), ("data.mode", "pakced"),
+                                       ("model.dtype", "float16"), ("eval.beam", 0)])
+def test_a_misspelt_choice_is_refused_before_anything_is_written(tmp_path, key, value):
+    from bertgen_jax import train
+    from bertgen_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match=rf"^{key}={value!r}: expected"):
+        train.run(tiny_config(str(tmp_path / "unused.json"), **{key: value}), str(tmp_path / "run"))
+    assert os.listdir(tmp_path) == []

@@ -83,9 +83,10 @@ def load(data, workdir: str, budget_for, splits=("train", "val", "test"),
                           f"it has {sorted({e['name'] for e in manifest['streams'] if e['split'] == 'train'})}")
     jsonl = sorted({_resolve(root, e["file"]) for e in manifest["streams"] if e["format"] == "jsonl"})
     store = None
-    if jsonl:
-        store_dir = data.features_dir or os.path.join(os.path.dirname(path), "features")
-        store = prepare_annotations(jsonl, store_dir, on_bad_record=data.on_bad_record,
+    if data.features_dir:  # a store the user prepared (annotations or TSV): used as it is, never rebuilt
+        store = FeatureStore(os.path.abspath(os.path.expanduser(data.features_dir)))
+    elif jsonl:  # <manifest dir>/features, built from the annotations' zips when absent or stale
+        store = prepare_annotations(jsonl, os.path.join(root, "features"), on_bad_record=data.on_bad_record,
                                     progress=progress and is_first_process)
     skips = SkipCounter()
     out: dict[str, list[Split]] = {s: [] for s in splits}

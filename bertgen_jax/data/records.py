@@ -59,6 +59,12 @@ class SkipCounter:
         self.counts[problem.reason] += 1
         self.first.setdefault(problem.reason, str(problem))
 
+    def merge(self, other: "SkipCounter") -> None:
+        """Add another counter's counts (keeping this one's first messages)."""
+        self.counts.update(other.counts)
+        for reason, message in other.first.items():
+            self.first.setdefault(reason, message)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())

@@ -32,8 +32,9 @@ def _ids(tokenizer, text: str) -> np.ndarray:
 
 def stream_pairs(entry: dict, root: str, tokenizer, store: FeatureStore | None, budget: int, *,
                  on_bad_record: str = "skip", skips: SkipCounter | None = None) -> list[Pair]:
-    """Tokenized pairs of one stream; per-record problems are skipped and counted (or raised)."""
-    skips = skips if skips is not None else SkipCounter()
+    """Tokenized pairs of one stream; per-record problems are skipped and counted (or raised),
+    in this stream's own log line and, when given, in `skips` too."""
+    own = SkipCounter()
     task, src, tgt = entry["task"], entry.get("src"), entry["tgt"]
     vocab.lang_tag_id(tgt)  # an unknown target language is a configuration error: raise now
     pairs = []
@@ -44,34 +45,38 @@ def stream_pairs(entry: dict, root: str, tokenizer, store: FeatureStore | None, 
         fields = {entry["tgt_field"]: tgt}
         if src:
             fields[entry["src_field"]] = src
-        with JsonlZipCaptions(path, fields, on_bad_record=on_bad_record, skips=skips) as reader:
+        with JsonlZipCaptions(path, fields, on_bad_record=on_bad_record, skips=own) as reader:
             entries = reader.entries
-        skipped = set(store.skipped_ids)
+        skipped = {e["image_id"]: e.get("problem", "") for e in store.meta.get("skipped", [])}
         for e in entries:
             where = f"line {e.line}"
             try:
                 if e.image_id in skipped or e.image_id not in store:
+                    why = (f"its features were skipped when the store was built: {skipped[e.image_id]}"
+                           if e.image_id in skipped else "it is not in the feature store")
                     raise BadRecord("image without features", path, where, "image",
-                                    f"image {e.image_id!r} is not in the feature store")
+                                    f"image {e.image_id!r}: {why}")
                 image = store.index(e.image_id)
                 pair = Pair(task, tgt, _ids(tokenizer, e.captions[src]) if src else np.zeros(0, np.int32),
                             _ids(tokenizer, e.captions[tgt]), image, store.num_boxes(image))
                 pairs.append(_checked(pair, budget, path, where))
             except BadRecord as problem:
-                handle_bad_record(problem, on_bad_record, skips)
+                handle_bad_record(problem, on_bad_record, own)
     elif entry["format"] == "text":
         src_path, tgt_path = (os.path.join(root, entry[k]) for k in ("src_file", "tgt_file"))
         for n, p in enumerate(read_parallel_text(src_path, tgt_path, on_bad_record=on_bad_record,
-                                                 skips=skips), start=1):
+                                                 skips=own), start=1):
             try:
                 pair = Pair(task, tgt, _ids(tokenizer, p.src), _ids(tokenizer, p.tgt))
                 pairs.append(_checked(pair, budget, tgt_path, f"pair {n}"))
             except BadRecord as problem:
-                handle_bad_record(problem, on_bad_record, skips)
+                handle_bad_record(problem, on_bad_record, own)
     else:
         raise ValueError(f"stream {entry['name']}: unknown format {entry['format']!r} (jsonl or text)")
-    if skips.total:
-        log.info("stream %s: %d pairs; %s", entry["name"], len(pairs), skips.summary())
+    if own.total:
+        log.info("stream %s: %d pairs; %s", entry["name"], len(pairs), own.summary())
+    if skips is not None:
+        skips.merge(own)
     return pairs
 
 
