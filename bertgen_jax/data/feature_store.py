@@ -130,7 +130,12 @@ class FeatureStore:
     @property
     def skipped_ids(self) -> list[str]:
         """Images of the sources that are not in the store (unusable features)."""
-        return [entry["image_id"] for entry in self.meta.get("skipped", [])]
+        return list(self.skipped_problems)
+
+    @property
+    def skipped_problems(self) -> dict[str, str]:
+        """Skipped image id -> the problem that made prepare skip it."""
+        return {entry["image_id"]: entry.get("problem", "") for entry in self.meta.get("skipped", [])}
 
     def index(self, image_id: str) -> int:
         try:

@@ -47,7 +47,7 @@ def stream_pairs(entry: dict, root: str, tokenizer, store: FeatureStore | None, 
             fields[entry["src_field"]] = src
         with JsonlZipCaptions(path, fields, on_bad_record=on_bad_record, skips=own) as reader:
             entries = reader.entries
-        skipped = {e["image_id"]: e.get("problem", "") for e in store.meta.get("skipped", [])}
+        skipped = store.skipped_problems
         for e in entries:
             where = f"line {e.line}"
             try:
