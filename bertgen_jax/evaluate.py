@@ -3,7 +3,8 @@
 For every `EvalSet` one row ("model"); for visual sets (ic, mmt) also the adversarial image
 shuffle of the paper (every input gets another test image, a fixed-seed derangement) as
 "<name> (shuffled images)"; for mt and mmt a copy-the-source baseline, "<name> (copy source)",
-against which zero-shot rows can be read. Variant rows carry `delta_bleu` = their BLEU minus the
+against which zero-shot rows can be read; for every set one row per alternative decoder given
+(e.g. "<name> (beam 4)" beside greedy's). Variant rows carry `delta_bleu` = their BLEU minus the
 model row's (a shuffle costing BLEU shows as a negative number).
 
 Captioning sets hold one pair per caption, several per image: one hypothesis is decoded per
@@ -13,7 +14,7 @@ and hypothesis are cut the same way (the original scored against the raw caption
 
 Files under out_dir (only the process that calls this writes; in a multi-host run call it on
 process 0):
-  hyps/<step>/<name>.txt            one hypothesis per line (".shuffled" / ".copy" variants)
+  hyps/<step>/<name>.txt            one hypothesis per line (".shuffled" / ".copy" / ".beam_4" variants)
   hyps/<step>/<name>.ref<k>.txt     k-th reference of each line, empty where a line has fewer
   results.json                      {"evals": [{"step": ..., "rows": [...]}, ...]}, every eval
   results.md                        the same as markdown tables, newest eval first
@@ -122,10 +123,15 @@ def derange_images(pairs: Sequence[Pair], seed: int = 0) -> list[Pair] | None:
 def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets: Sequence[EvalSet],
                   tokenizer, *, out_dir: str | None = None, step: int | None = None,
                   shuffle_images: bool = True, seed: int = 0, tokenize: str = "words",
-                  on_row: Callable[[dict, list[Pair], list[str], list[list[str]]], None] | None = None) -> list[dict]:
+                  on_row: Callable[[dict, list[Pair], list[str], list[list[str]]], None] | None = None,
+                  alternatives: dict[str, Callable[[list[Pair]], list[np.ndarray]]] | None = None) -> list[dict]:
     """Decode, detokenise and score every set (module docstring); write files when out_dir is
-    given; return the rows. `decode_fn(pairs)` returns one id array per pair, in order.
+    given; return the rows. `decode_fn(pairs)` returns one id array per pair, in order;
+    `alternatives` maps a variant name (e.g. "beam 4") to another such function.
     `on_row(row, inputs, hyps, refs)` is called for every row once it is scored (text samples)."""
+    clash = set(alternatives or ()) & {"model", SHUFFLED, COPY}
+    if clash:
+        raise ValueError(f"alternative decoder names {sorted(clash)} are taken by evaluate's own rows")
     rows, files = [], {}
     for s in eval_sets:
         if not s.pairs:
@@ -148,6 +154,8 @@ def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets
                 variants.append((SHUFFLED, _decode(decode_fn, moved, tokenizer, s.name)))
         if s.task in COPY_TASKS:
             variants.append((COPY, [metrics.ids_to_text(tokenizer, p.src_ids) for p in inputs]))
+        for variant, alt_fn in (alternatives or {}).items():
+            variants.append((variant, _decode(alt_fn, inputs, tokenizer, s.name)))
         for variant, vhyps in variants:
             row = _row(s, variant, vhyps, refs, step, tokenize)
             row["delta_bleu"] = row["bleu"] - base["bleu"]
@@ -181,8 +189,8 @@ def _row(s: EvalSet, variant: str, hyps, refs, step, tokenize) -> dict:
 
 
 def _file_name(set_name: str, variant: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", set_name)
-    return safe + {"model": "", SHUFFLED: ".shuffled", COPY: ".copy"}[variant]
+    suffix = {"model": "", SHUFFLED: ".shuffled", COPY: ".copy"}.get(variant, "." + variant)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", set_name + suffix)
 
 
 def _step_dir(step) -> str:

@@ -188,6 +188,9 @@ def _check_choices(config) -> None:
             raise ConfigError(f"{key}={config[section][name]!r}: expected one of {allowed}")
     if config.eval.beam < 1:
         raise ConfigError(f"eval.beam={config.eval.beam}: expected 1 (greedy) or more (beam width)")
+    if config.eval.compare_beam < 0 or (config.eval.compare_beam and config.eval.compare_beam == config.eval.beam):
+        raise ConfigError(f"eval.compare_beam={config.eval.compare_beam}: expected 0 (off) or a width other "
+                          f"than eval.beam={config.eval.beam} (1: greedy)")
 
 
 def results_table(summary: dict) -> str:
@@ -256,12 +259,17 @@ def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdi
     model = steps.model(jax.device_get(params))
     max_len = dict(config.eval.max_len)
 
-    def decode_fn(pairs):
-        task = pairs[0].task
-        if config.eval.beam > 1:
-            return [ids for ids, _ in decode.beam_search(model, pairs, data.store, beam=config.eval.beam,
-                                                          max_len=max_len[task], batch_size=config.eval.decode_batch)]
-        return decode.greedy(model, pairs, data.store, max_len=max_len[task], batch_size=config.eval.decode_batch)
+    def decoder(beam):
+        def decode_fn(pairs):
+            task = pairs[0].task
+            if beam > 1:
+                return [ids for ids, _ in decode.beam_search(model, pairs, data.store, beam=beam, max_len=max_len[task],
+                                                              batch_size=config.eval.decode_batch)]
+            return decode.greedy(model, pairs, data.store, max_len=max_len[task], batch_size=config.eval.decode_batch)
+        return decode_fn
+
+    other = config.eval.compare_beam  # a second decoder, its rows beside the main one's
+    alternatives = {f"beam {other}" if other > 1 else "greedy": decoder(other)} if other else None
 
     sets = [evaluate.EvalSet(s.name, s.task, s.src, s.tgt, s.zero_shot, _first(s.pairs, config.eval.max_sentences))
             for s in data.splits.get(config.eval.decode_split, []) if s.pairs]
@@ -269,9 +277,9 @@ def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdi
         sources = [_input_text(p, data) for p in inputs[:config.eval.samples]]
         reporter.samples(step, row["name"], sources, hyps, refs, config.eval.samples)
 
-    rows = evaluate.evaluate_sets(decode_fn, sets, data.tokenizer, out_dir=os.path.join(workdir, "eval"),
+    rows = evaluate.evaluate_sets(decoder(config.eval.beam), sets, data.tokenizer, out_dir=os.path.join(workdir, "eval"),
                                   step=step, shuffle_images=config.eval.shuffle_images, seed=config.seed,
-                                  on_row=samples)
+                                  on_row=samples, alternatives=alternatives)
     for row in rows:
         reporter.scalars(step, {k: row.get(k) for k in ("bleu", "meteor", "cider", "rouge_l")
                                 if isinstance(row.get(k), (int, float))}, f"decode/{row['name']}")

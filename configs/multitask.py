@@ -34,10 +34,12 @@ def small_model(c):
     c.data.targets_per_row = 8
     c.data.regions_per_row = 48
     # Dropout off: a few minutes of training from random weights is far from over-fitting.
-    c.model.update(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=512,
+    # A narrow feed-forward (128, not 4 x 128) learns more per step here and runs ~1.35x more
+    # examples/s: after 1,000 steps val loss 2.99 / 3.07 (seeds 0 / 1) against 3.34 / 3.30.
+    c.model.update(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=128,
                    dropout=0.0, attention_dropout=0.0)
     c.batch.rows_per_device = 16
     c.optim.update(lr=2e-3, warmup_steps=100)
-    c.train.update(steps=2500, log_every=100, checkpoint_every=500, eval_every=500)
+    c.train.update(steps=3500, log_every=100, checkpoint_every=500, eval_every=500)
     c.eval.update(batches=4, max_len={"ic": 48, "mmt": 48, "mt": 48}, decode_batch=64, max_sentences=64)
     return c

@@ -140,6 +140,23 @@ def test_evaluate_sets_with_an_oracle_decoder(world, tmp_path):
     assert md.index("## step 9") < md.index("## step 7")  # newest first
 
 
+def test_an_alternative_decoder_gets_a_row_beside_the_model_row(world, tmp_path):
+    _, _, tok, sets = world
+    decode_fn, _ = oracle(sets)
+    half = lambda pairs: [ids[:len(ids) // 2] for ids in decode_fn(pairs)]  # noqa: E731
+    mt = [s for s in sets if s.name == "mt_en-de"]
+    rows = evaluate.evaluate_sets(decode_fn, mt, tok, out_dir=str(tmp_path), step=3, alternatives={"beam 4": half})
+    assert [r["name"] for r in rows] == ["mt_en-de", "mt_en-de (copy source)", "mt_en-de (beam 4)"]
+    alt = rows[-1]
+    hyps = [metrics.ids_to_text(tok, ids) for ids in half(mt[0].pairs)]
+    assert (tmp_path / "hyps/3/mt_en-de.beam_4.txt").read_text().splitlines() == hyps
+    refs = [[metrics.ids_to_text(tok, p.tgt_ids)] for p in mt[0].pairs]
+    assert alt["bleu"] == pytest.approx(metrics.sacre_bleu(hyps, refs)["bleu"]) and alt["bleu"] < 60
+    assert alt["delta_bleu"] == pytest.approx(alt["bleu"] - 100.0) and alt["variant"] == "beam 4"
+    with pytest.raises(ValueError, match=r"names \['copy source'\] are taken"):
+        evaluate.evaluate_sets(decode_fn, mt, tok, alternatives={"copy source": half})
+
+
 def test_decode_fn_must_answer_every_input(world):
     _, _, tok, sets = world
     with pytest.raises(ValueError, match=r"eval set ic_en: decode_fn returned 0 outputs for 12 inputs"):

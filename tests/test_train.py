@@ -75,7 +75,7 @@ def test_main_smoke_events_checkpoint_loss_down_one_compile(manifest, env, tmp_p
            "--workdir", str(workdir), f"--config.data.manifest={manifest}", "--config.train.steps=40",
            "--config.train.checkpoint_every=20", "--config.optim.lr=5e-3", "--config.eval.batches=4",
            "--config.eval.decode=True", "--config.eval.max_sentences=3", "--config.eval.samples=2",
-           "--config.eval.decode_batch=4"]
+           "--config.eval.decode_batch=4", "--config.eval.compare_beam=2"]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "run finished at step 40" in done.stdout and "| all |" in done.stdout
@@ -100,6 +100,11 @@ def test_main_smoke_events_checkpoint_loss_down_one_compile(manifest, env, tmp_p
     rows = json.loads((workdir / "eval" / "results.json").read_text())["evals"][-1]["rows"]
     assert {r["step"] for r in rows} == {40} and {"ic_fr", "mmt_de-fr (shuffled images)", "mt_fr-de (copy source)"} <= {r["name"] for r in rows}
     assert [r["name"] for r in summary["results"]] == [r["name"] for r in rows]
+    by = {r["name"]: r for r in rows}  # eval.compare_beam: beam 2 beside greedy for every set
+    assert {n for n in by if n.endswith(" (beam 2)")} == {f"{r['set']} (beam 2)" for r in rows}
+    for name in ("ic_en", "mt_en-de", "mt_fr-de"):
+        assert by[f"{name} (beam 2)"]["delta_bleu"] == pytest.approx(by[f"{name} (beam 2)"]["bleu"] - by[name]["bleu"])
+        assert (workdir / "eval" / "hyps" / "40" / f"{name}.beam_2.txt").is_file()
     assert {f"decode/{tag_name(r['name'])}/bleu" for r in rows} <= set(tags)
     samples = texts(str(workdir / "tensorboard"))
     assert set(samples) == {f"samples/{tag_name(r['name'])}" for r in rows}
@@ -273,7 +278,8 @@ def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("key,value", [("data.on_bad_record", "skpi"), ("data.mode", "pakced"),
-                                       ("model.dtype", "float16"), ("eval.beam", 0)])
+                                       ("model.dtype", "float16"), ("eval.beam", 0),
+                                       ("eval.compare_beam", -1)])
 def test_a_misspelt_choice_is_refused_before_anything_is_written(tmp_path, key, value):
     from bertgen_jax import train
     from bertgen_jax.errors import ConfigError
