@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
     e.decode_batch = 32  # sentences decoded together
     e.max_sentences = 0  # decode at most this many inputs (IC: images) per held-out set; 0 = all
     e.beam = 1  # 1: greedy (as the original); > 1: beam search width
-    e.compare_beam = 0  # > 0: also decode every set with this beam width (1: greedy), rows "<set> (beam K)" beside
+    e.compare_beam = 0  # > 0: also decode every set with this width, rows "<set> (beam K)" (K=1: "(greedy)") beside
     e.shuffle_images = True  # also score visual sets with images shuffled across the set
     e.samples = 4  # decoded examples per set written to TensorBoard as text
     return c
