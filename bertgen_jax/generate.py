@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from bertgen_jax import decode, vocab
+from bertgen_jax.beam import beam_search
 from bertgen_jax.checkpoint import MODEL_CONFIG, VOCAB, save_model_files
 from bertgen_jax.data.feature_store import FeatureStore
 from bertgen_jax.data.unroll import Pair
@@ -85,8 +86,8 @@ class Generator:
         if not pairs:
             return []
         if beam > 1:
-            found = decode.beam_search(self.model, pairs, self.store, beam=beam, max_len=max_len,
-                                       batch_size=batch_size, budget=budget)
+            found = beam_search(self.model, pairs, self.store, beam=beam, max_len=max_len,
+                                batch_size=batch_size, budget=budget)
             ids = [i for i, _ in found]
         else:
             ids = decode.greedy(self.model, pairs, self.store, max_len=max_len, batch_size=batch_size,

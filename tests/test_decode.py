@@ -11,6 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
+from bertgen_jax import beam as B
 from bertgen_jax import decode as D
 from bertgen_jax import model as M
 from bertgen_jax import vocab
@@ -181,7 +182,7 @@ def test_one_compile_per_bucket_and_rois_projected_once(rand):
 
 def test_beam_of_one_is_greedy(rand):
     model, out = rand[:2]
-    beams = D.beam_search(model, PAIRS, STORE, beam=1, max_len=MAX_LEN, batch_size=8)
+    beams = B.beam_search(model, PAIRS, STORE, beam=1, max_len=MAX_LEN, batch_size=8)
     for i, ((ids, score), g) in enumerate(zip(beams, out)):
         np.testing.assert_array_equal(ids, g, err_msg=f"pair {i}")
     want = D.sequence_logprobs(model, PAIRS, out, STORE, max_len=MAX_LEN)
@@ -194,7 +195,7 @@ def test_beam_as_wide_as_the_vocabulary_finds_the_best_sequence(length_penalty):
     model = random_model(seed=1, spread=0.5, stop_bias=3.0)
     pairs = PAIRS[:3]
     v, stop = CFG.vocab_size, vocab.STOP_ID
-    beams = D.beam_search(model, pairs, STORE, beam=v, max_len=2, batch_size=8,
+    beams = B.beam_search(model, pairs, STORE, beam=v, max_len=2, batch_size=8,
                           length_penalty=length_penalty)
     words = [y for y in range(v) if y != stop]
     lengths = set()
@@ -214,12 +215,12 @@ def test_beam_as_wide_as_the_vocabulary_finds_the_best_sequence(length_penalty):
 def test_no_repeat_ngram_blocks_repeats(rand):
     model, out = rand[:2]
     assert sum(repeated_ngrams(o.tolist(), 2) for o in out) > 10  # the model loves repeating
-    blocked = D.beam_search(model, PAIRS, STORE, beam=2, max_len=MAX_LEN, batch_size=8, no_repeat_ngram=2)
+    blocked = B.beam_search(model, PAIRS, STORE, beam=2, max_len=MAX_LEN, batch_size=8, no_repeat_ngram=2)
     assert all(repeated_ngrams(ids.tolist(), 2) == 0 for ids, _ in blocked)
     assert np.mean([len(ids) for ids, _ in blocked]) > 3
     # The mask itself: prefix 5 6 5 bans 6 after 5 (n=2), nothing for n=3, both tokens for n=1.
     seq = jnp.array([[[5, 6, 5, 0, 0]]], jnp.int32)
-    block = jax.jit(D._block_repeats, static_argnums=3)
+    block = jax.jit(B._block_repeats, static_argnums=3)
     for n, banned in ((1, {5, 6}), (2, {6}), (3, set())):
         logp = np.asarray(block(jnp.zeros((1, 1, 10)), seq, 3, n))[0, 0]
         assert set(np.flatnonzero(np.isinf(logp))) == banned
@@ -302,7 +303,7 @@ def test_greedy_equals_the_reference_loop_on_a_trained_model(trained):
 def test_beam_scores_at_least_greedy_on_a_trained_model(trained):
     model, store, tok, seen, test, out = trained
     pairs, max_len = seen + test, TW_MAX_LEN
-    beams = D.beam_search(model, pairs, store, beam=4, max_len=max_len, batch_size=16, length_penalty=0.0)
+    beams = B.beam_search(model, pairs, store, beam=4, max_len=max_len, batch_size=16, length_penalty=0.0)
     beam_scores = np.array([s for _, s in beams])
     scores = D.sequence_logprobs(model, pairs * 2, out + [ids for ids, _ in beams], store, max_len=max_len)
     greedy_scores = scores[:len(pairs)]
