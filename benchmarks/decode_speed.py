@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from bertgen_jax import decode, vocab
-from bertgen_jax.data import toyworld
+from bertgen_jax import toyworld
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.streams import stream_pairs
 from bertgen_jax.model import BertGen, ModelConfig

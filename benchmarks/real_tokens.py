@@ -12,12 +12,12 @@ import time
 import numpy as np
 
 from bertgen_jax import vocab
-from bertgen_jax.data import toyworld
+from bertgen_jax import toyworld
 from bertgen_jax.data.pipeline import BatchIterator, Stream
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.rows import RowSpec, real_token_fraction
 from bertgen_jax.data.streams import stream_pairs
-from bertgen_jax.model import KIND_PAD
+from bertgen_jax.layout import KIND_PAD
 
 
 def toyworld_train_streams(root: str, budgets: dict):

@@ -17,7 +17,8 @@ import numpy as np
 from benchmarks import flops, workload
 from bertgen_jax.data.pipeline import DEFAULT_BUDGETS, BatchIterator, Stream
 from bertgen_jax.data.rows import RowSpec, real_token_fraction
-from bertgen_jax.model import KIND_REGION, KIND_TEXT, ModelConfig
+from bertgen_jax.layout import KIND_REGION, KIND_TEXT
+from bertgen_jax.model import ModelConfig
 
 # The longest MT example is 206 tokens; a row never held more than 10 examples of this
 # workload (so 12 [MASK] slots waste little head work); one image's regions per row.

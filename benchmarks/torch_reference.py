@@ -1,6 +1,6 @@
 """The original BERTGEN's way of computing, in PyTorch, as the baseline of a speed benchmark.
 
-Written from ../shared/REFERENCE.md, not from the original's code. What makes it "the original's
+Written from docs/specification.md, not from the original's code. What makes it "the original's
 way" (and what `bertgen_jax` avoids) is kept on purpose:
   * one unrolled example per row, every row padded to the longest example in the batch;
   * the sequence assembled VL-BERT style: text embeddings [B, T, H], object embeddings [B, R, H]
@@ -34,7 +34,8 @@ from torch import nn
 
 from bertgen_jax import vocab
 from bertgen_jax.data.unroll import Example, Pair, fit_budget
-from bertgen_jax.model import KIND_TEXT, ModelConfig
+from bertgen_jax.layout import KIND_TEXT
+from bertgen_jax.model import ModelConfig
 
 TYPE_TEXT, TYPE_VISUAL = 0, 2
 DEFAULT_BUDGETS = {"ic": 64, "mmt": 64, "mt": 512}  # the original's sequence budgets

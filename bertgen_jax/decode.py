@@ -2,7 +2,7 @@
 runs on the same buffers and stages), and the original's plain-Python greedy loop as the
 reference they must match.
 
-Every step rebuilds the training layout of ../shared/REFERENCE.md ("Input layout") for the
+Every step rebuilds the training layout of docs/specification.md ("Input layout") for the
 prefix generated so far, `[TO_X] [CLS] src [SEP] y<t [MASK] [SEP] [IMG]... [END]`, runs the
 encoder and reads the MLM head at `[MASK]` only. In the jitted buffer a row is the example's
 tokens in that order, text, regions, `[END]`, then padding: the regions and `[END]` move one
@@ -40,8 +40,9 @@ from flax import nnx
 from bertgen_jax import vocab
 from bertgen_jax.data.pipeline import regions_reader
 from bertgen_jax.data.rows import RowSpec, assemble_row, stack_rows
-from bertgen_jax.data.unroll import TASKS, TYPE_TEXT, TYPE_VISUAL, Example, fit_budget
-from bertgen_jax.model import BATCH_KEYS, KIND_END, KIND_PAD, KIND_REGION, KIND_TEXT
+from bertgen_jax.data.unroll import Example, fit_budget
+from bertgen_jax.layout import (BATCH_KEYS, KIND_END, KIND_PAD, KIND_REGION, KIND_TEXT, TASKS, TYPE_TEXT,
+                                TYPE_VISUAL)
 
 LENGTH_BUCKET = 32
 BUFFER_BUCKET = 16  # finer: each stage's whole row (text, regions, [END]) is rounded to it
@@ -362,3 +363,16 @@ def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=Non
         carry = _greedy_stage(graphdef, state, inp, {"seq": seq, "t": t, "done": done},
                               _buffer(inp["fixed"], t, done, lt_max), np.int32(stop_at))
         seq, t, done = (np.array(carry[k]) for k in ("seq", "t", "done"))  # writable host copies
+
+
+def generate(model, pairs, regions=None, *, beam=1, max_len=150, batch_size=32, budget=None,
+             length_penalty=1.0, no_repeat_ngram=0) -> list[np.ndarray]:
+    """Output ids (no [STOP]) for each pair, in input order: greedy when beam == 1, else beam search."""
+    if beam < 1:
+        raise ValueError(f"beam={beam}: 1 (greedy) or more (beam width)")
+    if beam == 1:
+        return greedy(model, pairs, regions, max_len=max_len, batch_size=batch_size, budget=budget)
+    from bertgen_jax.beam import beam_search  # noqa: PLC0415 (temporary, until decode is a package)
+    return [ids for ids, _ in beam_search(model, pairs, regions, beam=beam, max_len=max_len, batch_size=batch_size,
+                                          length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram,
+                                          budget=budget)]

@@ -36,8 +36,7 @@ def main(argv):
     if _several_processes():
         jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from bertgen_jax import train  # noqa: PLC0415
-    from bertgen_jax.data.records import DataError  # noqa: PLC0415
-    from bertgen_jax.errors import ConfigError  # noqa: PLC0415
+    from bertgen_jax.errors import ConfigError, DataError, TrainingDiverged  # noqa: PLC0415
     config = _CONFIG.value
     path, _, variant = config_flags.get_config_filename(flags.FLAGS["config"]).partition(":")
     name = os.path.splitext(os.path.basename(path))[0]
@@ -46,7 +45,7 @@ def main(argv):
                  jax.device_count(), workdir)
     try:
         summary = train.run(config, workdir)
-    except (train.TrainingDiverged, FileNotFoundError, DataError, ConfigError) as err:
+    except (TrainingDiverged, FileNotFoundError, DataError, ConfigError) as err:
         logging.error("%s", err)
         sys.exit(1)
     if jax.process_index() == 0:

@@ -1,10 +1,10 @@
 """The BERTGEN model in Flax NNX: visual-linguistic embeddings, a post-LN BERT encoder, an MLM head.
 
-Inputs are one dict of arrays (see `BATCH_KEYS`); every row is a fixed-length sequence of
+Inputs are one dict of arrays (see `layout.BATCH_KEYS`); every row is a fixed-length sequence of
 tokens of four kinds (padding, text, image region, `[END]`). A row may hold several
 examples ("packed"): `segment_ids` then keeps attention inside each example.
 
-Faithful to ../shared/REFERENCE.md; the one knowing change is that the MLM head can be
+Faithful to docs/specification.md; the one knowing change is that the MLM head can be
 evaluated only at the positions asked for (`mlm_logits(hidden, positions)`), which gives the
 same numbers there as the original's head over every position.
 """
@@ -19,23 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# Token kinds: what each position of a row holds.
-KIND_PAD, KIND_TEXT, KIND_REGION, KIND_END = 0, 1, 2, 3
-
-# Keys of a model batch; region arrays may be absent for text-only batches.
-BATCH_KEYS = {
-    "token_ids": "[B, L] int32 vocabulary ids at text positions (ignored elsewhere)",
-    "token_kind": "[B, L] int32 KIND_PAD / KIND_TEXT / KIND_REGION / KIND_END",
-    "token_type": "[B, L] int32 token type (text 0, regions and [END] 2)",
-    "positions": "[B, L] int32 position ids (text 0..T-1, regions T, [END] T+1)",
-    "region_index": "[B, L] int32 region slot of a region token, or of the whole-image "
-    "region of a text token's example; -1 for none",
-    "segment_ids": "[B, L] int32 optional; 0 = padding, tokens attend within their segment",
-    "region_features": "[B, R, F] float32 RoI appearance features",
-    "region_boxes": "[B, R, 4] float32 pixel boxes (x1, y1, x2, y2)",
-    "region_image_wh": "[B, R, 2] float32 width and height of each region's image",
-}
-
+from bertgen_jax.layout import KIND_END, KIND_PAD, KIND_REGION, KIND_TEXT
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:

@@ -39,7 +39,7 @@ def schedule(peak: float, warmup_steps: int, total_steps: int) -> optax.Schedule
 def make_optimizer(optim, lr: optax.Schedule) -> optax.GradientTransformation | FusedAdamW:
     """Clip the global gradient norm, then AdamW. optax's decay is lr x wd x param, applied
     apart from the Adam moments: torch.optim.AdamW's decoupled form. Every parameter decays
-    unless optim.decay_norms_and_biases is False (REFERENCE.md names no exclusion).
+    unless optim.decay_norms_and_biases is False (docs/specification.md names no exclusion).
     optim.fused (default) computes the same arithmetic in one pass per parameter."""
     mask = None if optim.decay_norms_and_biases else _no_norms_or_biases
     if getattr(optim, "fused", True):

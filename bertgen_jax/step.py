@@ -23,7 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bertgen_jax import optim
 from bertgen_jax import sharding as shard_lib
 from bertgen_jax import vocab
-from bertgen_jax.model import KIND_PAD
+from bertgen_jax.layout import KIND_PAD
 from bertgen_jax.objective import per_target_loss
 
 

@@ -20,7 +20,7 @@ import signal
 import jax
 import numpy as np
 
-from bertgen_jax.errors import ConfigError
+from bertgen_jax.errors import ConfigError, TrainingDiverged
 from bertgen_jax import optim, sharding, weights
 from bertgen_jax.checkpoint import Checkpoints, save_model_files
 from bertgen_jax.data import datasets
@@ -32,10 +32,6 @@ from bertgen_jax.reporting import Reporter, summarize
 from bertgen_jax.step import Steps
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss or the gradient norm stopped being finite."""
 
 
 def run(config, workdir: str) -> dict:

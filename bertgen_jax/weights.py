@@ -76,7 +76,7 @@ _IGNORED = re.compile(r"^(cls\.predictions\.decoder\.|pooler\.|cls\.seq_relation
                       r"embeddings\.position_ids$|vlbert\.pooler\.|vlbert\.mvrc_head\.|"
                       r"final_mlp\.|image_feature_extractor\.(?!obj_downsample\.1\.))")
 
-# Which canonical names each source provides in `hybrid` (REFERENCE.md, "Initialisation").
+# Which canonical names each source provides in `hybrid` (docs/specification.md, "Initialisation").
 _HYBRID_FROM_VLBERT = re.compile(
     r"^embeddings\.(region_proj|visual_ln_text|visual_ln_object|end_embedding|image_embedding|"
     r"token_type_embeddings|position_embeddings)\.")

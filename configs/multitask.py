@@ -3,7 +3,7 @@
           on all 13 ToyWorld task streams, then evaluated (decode + BLEU/METEOR/CIDEr/ROUGE-L,
           zero-shot and shuffled-image rows); minutes on a laptop CPU
   tiny    the same pipeline on ToyWorld `tiny` with a toy model: a smoke run of seconds
-  paper   the paper's 13-stream setup (REFERENCE.md) with hybrid mBERT + VL-BERT init
+  paper   the paper's 13-stream setup (docs/specification.md) with hybrid mBERT + VL-BERT init
 """
 
 from configs import base, paper

@@ -1,4 +1,4 @@
-"""The paper's setup (REFERENCE.md): 13 task streams, base model with hybrid mBERT + VL-BERT
+"""The paper's setup (docs/specification.md): 13 task streams, base model with hybrid mBERT + VL-BERT
 initialisation, AdamW lr 1.3e-5 with 16k warm-up steps. Used as `configs/multitask.py:paper`.
 
 Files live under $BERTGEN_DATA (default ~/bertgen_data); `train.run` checks `required_files`
@@ -40,7 +40,7 @@ def configure(c):
     c.data.regions_per_row = 160
     c.model.update(init="hybrid", bert_path=MBERT, vlbert_path=VLBERT)  # base size: base.py defaults
     c.optim.update(lr_rule="absolute", lr=1.3e-5, warmup_steps=16000, clip_norm=10.0)
-    # REFERENCE.md gives no total step count; set train.steps to your budget.
+    # docs/specification.md gives no total step count; set train.steps to your budget.
     c.train.update(steps=500000, log_every=100, checkpoint_every=5000, eval_every=20000)
     c.eval.max_len = {"ic": 150, "mmt": 150, "mt": 300}
     return c

@@ -15,7 +15,8 @@ from benchmarks import flops
 from benchmarks import run as bench
 from benchmarks import sides
 from bertgen_jax.data.rows import real_token_fraction
-from bertgen_jax.model import KIND_PAD, ModelConfig
+from bertgen_jax.layout import KIND_PAD
+from bertgen_jax.model import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--size", "micro", "--steps", "2", "--warmup", "1", "--decode-sentences", "4", "--max-len", "4",

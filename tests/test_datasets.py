@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from bertgen_jax.data import datasets, toyworld
+from bertgen_jax import toyworld
+from bertgen_jax.data import datasets
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.records import DataError
 

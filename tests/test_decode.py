@@ -238,7 +238,7 @@ TW_MAX_LEN = 20  # short: few buffer lengths, so few compiles per decoder
 def trained(tmp_path_factory):
     """A tiny model trained 250 steps on two ToyWorld pairs of each of four streams (IC, MMT,
     2 MT), those pairs, two test pairs per stream and its greedy outputs on all of them."""
-    from bertgen_jax.data import toyworld
+    from bertgen_jax import toyworld
     from bertgen_jax.data.pipeline import BatchIterator, Stream
     from bertgen_jax.data.prepare import prepare_annotations
     from bertgen_jax.data.rows import RowSpec

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bertgen_jax import evaluate, metrics, vocab
-from bertgen_jax.data import toyworld
+from bertgen_jax import toyworld
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.unroll import Pair
 

@@ -11,7 +11,7 @@ from flax import nnx
 
 from bertgen_jax import decode, generate
 from bertgen_jax.checkpoint import Checkpoints, save_model_files
-from bertgen_jax.data import toyworld
+from bertgen_jax import toyworld
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.unroll import Pair
 from bertgen_jax.metrics import ids_to_text

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bertgen_jax import model as M
+from bertgen_jax import layout, model as M
 
 TINY = M.ModelConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=48,
                      max_positions=64, feature_dim=16, box_frequencies=4)
@@ -15,20 +15,20 @@ TINY = M.ModelConfig(vocab_size=120, hidden_size=32, num_layers=2, num_heads=4, 
 
 def visual_batch(rng, b=2, l=12, r=3, image_for_text=True):
     """Rows of text tokens (the first 8) then r regions and [END], with random features."""
-    kind = np.full((b, l), M.KIND_PAD)
-    kind[:, :8] = M.KIND_TEXT
-    kind[:, 8:8 + r] = M.KIND_REGION
-    kind[:, 8 + r] = M.KIND_END
+    kind = np.full((b, l), layout.KIND_PAD)
+    kind[:, :8] = layout.KIND_TEXT
+    kind[:, 8:8 + r] = layout.KIND_REGION
+    kind[:, 8 + r] = layout.KIND_END
     region_index = np.full((b, l), -1)
     region_index[:, :8] = 0 if image_for_text else -1
     region_index[:, 8:8 + r] = np.arange(r)
-    positions = np.where(kind == M.KIND_TEXT, np.arange(l), 8)
+    positions = np.where(kind == layout.KIND_TEXT, np.arange(l), 8)
     positions[:, 8 + r] = 9
     boxes = np.sort(rng.uniform(0, 400, size=(b, r, 2, 2)), axis=2).transpose(0, 1, 3, 2).reshape(b, r, 4)
     return {
         "token_ids": jnp.asarray(rng.integers(104, TINY.vocab_size, (b, l)), jnp.int32),
         "token_kind": jnp.asarray(kind, jnp.int32),
-        "token_type": jnp.asarray(np.where(kind >= M.KIND_REGION, 2, 0), jnp.int32),
+        "token_type": jnp.asarray(np.where(kind >= layout.KIND_REGION, 2, 0), jnp.int32),
         "positions": jnp.asarray(positions, jnp.int32),
         "region_index": jnp.asarray(region_index, jnp.int32),
         "region_features": jnp.asarray(rng.normal(size=(b, r, TINY.feature_dim)), jnp.float32),
@@ -72,7 +72,7 @@ def test_fresh_visual_gammas_switch_vision_off():
     text_only["region_index"] = jnp.full_like(with_image["region_index"], -1)
     # Only the 8 text tokens, so both batches hold the same text-only rows.
     for b in (with_image, text_only):
-        b["token_kind"] = jnp.where(b["token_kind"] == M.KIND_TEXT, M.KIND_TEXT, M.KIND_PAD)
+        b["token_kind"] = jnp.where(b["token_kind"] == layout.KIND_TEXT, layout.KIND_TEXT, layout.KIND_PAD)
     m = fresh()
     a, b = m.encode(with_image)[:, :8], m.encode(text_only)[:, :8]
     np.testing.assert_allclose(a, b, atol=1e-6)

@@ -23,7 +23,7 @@ def tiny_model():
     import jax
     from flax import nnx
 
-    from bertgen_jax import model as M
+    from bertgen_jax import layout, model as M
     # vocab 401 is odd: no even `tensor` axis divides it, as with mBERT's 119,547 rows.
     cfg = M.ModelConfig(vocab_size=401, hidden_size=32, num_layers=2, num_heads=4,
                         intermediate_size=48, max_positions=96, feature_dim=FEAT, box_frequencies=4)
@@ -70,7 +70,7 @@ def eight_device_checks():
     from flax import nnx
     from jax.sharding import AxisType
 
-    from bertgen_jax import model as M
+    from bertgen_jax import layout, model as M
     from bertgen_jax import sharding as S
 
     out = {"devices": jax.device_count()}
@@ -117,7 +117,7 @@ def eight_device_checks():
     def logits(state, batch):
         return nnx.merge(graph, state)(batch, batch["mask_positions"])
 
-    keys = [k for k in M.BATCH_KEYS] + ["mask_positions"]
+    keys = [k for k in layout.BATCH_KEYS] + ["mask_positions"]
     host = {k: host[k] for k in keys}
     step = jax.jit(logits, in_shardings=(shardings, S.batch_sharding(mesh)))
     sharded = step(sharded_state, S.global_batch(host, mesh))

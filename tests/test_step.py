@@ -70,7 +70,7 @@ def checks(manifest: str) -> dict:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    from bertgen_jax.data import toyworld
+    from bertgen_jax import toyworld
     root = tmp_path_factory.mktemp("toyworld")
     toyworld.generate(str(root), seed=0, scale="tiny", progress=False)
     code = ("import json, sys; sys.path.insert(0, %r); from tests.test_step import checks; "

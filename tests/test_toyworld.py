@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from transformers import BertTokenizer
 
-from bertgen_jax.data import toyworld, toyworld_captions, toyworld_sentences
+from bertgen_jax import toyworld
+from bertgen_jax.toyworld import captions as toyworld_captions, corpus as toyworld_corpus, sentences as toyworld_sentences
 from bertgen_jax.vocab import SPECIAL_IDS
 
 DIM = 32
@@ -72,7 +73,7 @@ def image_rows(root: Path, split: str):
 
 
 def test_same_seed_gives_identical_bytes_and_other_seed_other_scenes(corpus_dir, tmp_path):
-    toyworld._vocab_lines.cache_clear()  # retrain the vocabulary too, not just reuse it
+    toyworld_corpus._vocab_lines.cache_clear()  # retrain the vocabulary too, not just reuse it
     toyworld.main(["--out", str(tmp_path / "again"), "--seed", "0", "--scale", "tiny", "--feature-dim", str(DIM)])
     files = sorted(p.relative_to(corpus_dir) for p in corpus_dir.rglob("*") if p.is_file())
     again = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from bertgen_jax.data import toyworld
+from bertgen_jax import toyworld
 from bertgen_jax.data.feature_store import FeatureStore
 from bertgen_jax.data.jsonl_zip import JsonlZipCaptions
 from bertgen_jax.data.parallel_text import read_parallel_text

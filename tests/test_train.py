@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from bertgen_jax.data import toyworld
+from bertgen_jax import errors, toyworld
 from bertgen_jax.reporting import tag_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -214,7 +214,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(manifest, tmp_path):
     config = tiny_config(manifest, **{"optim.lr": 1e30, "optim.warmup_steps": 0, "optim.clip_norm": 0.0,
                                       "train.log_every": 1, "train.checkpoint_every": 1,
                                       "train.steps": 10, "eval.batches": 0})
-    with pytest.raises(train.TrainingDiverged, match=r"by step (\d+).*last good checkpoint is step") as err:
+    with pytest.raises(errors.TrainingDiverged, match=r"by step (\d+).*last good checkpoint is step") as err:
         train.run(config, str(tmp_path))
     bad = int(err.value.args[0].split("by step ")[1].split(":")[0])
     kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())

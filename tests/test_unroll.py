@@ -1,4 +1,4 @@
-"""Unrolling: literal layouts from REFERENCE.md, truncation, bad pairs."""
+"""Unrolling: literal layouts from docs/specification.md, truncation, bad pairs."""
 
 import numpy as np
 import pytest

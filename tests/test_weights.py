@@ -63,7 +63,7 @@ def test_parity_on_a_real_pretrained_bert():
 
 
 def vlbert_state(seed=0, vocab_size=150, hidden=32, layers=2, inter=48, positions=64, geometry=32, feat=16):
-    """A VL-BERT-format state dict with the key names of REFERENCE.md and random values."""
+    """A VL-BERT-format state dict with the key names of docs/specification.md and random values."""
     gen = torch.Generator().manual_seed(seed)
     r = lambda *shape: torch.randn(*shape, generator=gen)
     v = "module.vlbert."
@@ -100,7 +100,7 @@ def params_of(model):
     return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
 
-# Where each VL-BERT key must land, written out from REFERENCE.md (and how it is laid out).
+# Where each VL-BERT key must land, written out from docs/specification.md (and how it is laid out).
 def expected_location(key):
     k = key.removeprefix("module.")
     table = [

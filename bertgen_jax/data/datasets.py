@@ -16,7 +16,7 @@ import os
 
 from bertgen_jax.errors import ConfigError
 from bertgen_jax import vocab
-from bertgen_jax.data import toyworld
+from bertgen_jax import toyworld
 from bertgen_jax.data.feature_store import FeatureStore
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.records import SkipCounter

@@ -17,23 +17,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from bertgen_jax.errors import DataError
+
 ON_BAD_RECORD = ("skip", "error")
-
-
-class DataError(ValueError):
-    """Input data is malformed. The message names the file, the record and the field."""
-
-    def __init__(self, file, record: str | None, field: str | None, problem: str, fix: str = ""):
-        self.file, self.record, self.field = str(file), record, field
-        self.problem, self.fix = problem, fix
-        where = ", ".join(
-            [self.file] + ([record] if record else []) + ([f"field {field!r}"] if field else []))
-        super().__init__(f"{where}: {problem}" + (f" ({fix})" if fix else ""))
-
-    def __reduce__(self):
-        # Custom __init__ arguments: without this the error cannot cross a process
-        # boundary (grain workers pickle exceptions back to the parent).
-        return (type(self), (self.file, self.record, self.field, self.problem, self.fix))
 
 
 class BadRecord(DataError):

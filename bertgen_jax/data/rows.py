@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from bertgen_jax.data.unroll import Example
-from bertgen_jax.model import KIND_PAD
+from bertgen_jax.layout import KIND_PAD
 
 MODES = ("faithful", "packed")
 

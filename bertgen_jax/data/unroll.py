@@ -1,6 +1,6 @@
 """Sequence unrolling: one tokenized (source, target[, image]) pair -> n+1 `[MASK]` examples.
 
-Layouts (REFERENCE.md), `[TO_X]` naming the target language:
+Layouts (docs/specification.md), `[TO_X]` naming the target language:
   MMT  [TO_X] [CLS] x1..xm [SEP] y<t [MASK] [SEP] [IMG]whole [IMG]r1..rk [END]
   MT   [TO_X] [CLS] x1..xm [SEP] y<t [MASK] [SEP] [END]
   IC   [TO_X] [CLS] [SEP] y<t [MASK] [SEP] [IMG]whole [IMG]r1..rk [END]
@@ -15,10 +15,8 @@ import dataclasses
 import numpy as np
 
 from bertgen_jax import vocab
-from bertgen_jax.model import KIND_END, KIND_REGION, KIND_TEXT
+from bertgen_jax.layout import KIND_END, KIND_REGION, KIND_TEXT, TASKS, TYPE_TEXT, TYPE_VISUAL
 
-TASKS = ("ic", "mmt", "mt")
-TYPE_TEXT, TYPE_VISUAL = 0, 2
 # Tokens of the longest unrolled example besides source, target and regions:
 # [TO_X] [CLS] [SEP] [MASK] [SEP] [END].
 FIXED_TOKENS = 6

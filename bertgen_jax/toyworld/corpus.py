@@ -7,7 +7,7 @@ image captioning (EN, DE, TR; FR only as a zero-shot test), multimodal translati
 and text-only translation of a separate sentence family (EN<->DE, EN<->FR, EN<->TR;
 DE<->FR zero-shot). docs/toyworld.md describes the tasks and the file layout.
 
-    python -m bertgen_jax.data.toyworld --out DIR --seed 0 --scale demo
+    python -m bertgen_jax.toyworld --out DIR --seed 0 --scale demo
 """
 
 import argparse
@@ -23,10 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..vocab import SPECIAL_IDS
-from . import toyworld_captions as captions
-from . import toyworld_scenes as scenes
-from . import toyworld_sentences as sentences
-from . import toyworld_vocab
+from . import captions
+from . import scenes
+from . import sentences
+from . import vocab as toy_vocab
 
 SPLITS = ("train", "val", "test")
 FEATURE_DIM = 2048
@@ -238,7 +238,7 @@ def _write_images(corpus: Corpus, out: Path, split: str, bar) -> None:
 @lru_cache(maxsize=1)
 def _vocab_lines() -> tuple:
     # Seed- and scale-independent, so build it once per process.
-    return tuple(toyworld_vocab.build_vocab())
+    return tuple(toy_vocab.build_vocab())
 
 
 def write_corpus(corpus: Corpus, out_dir, progress: bool = False) -> dict:

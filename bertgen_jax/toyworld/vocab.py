@@ -10,7 +10,7 @@ elsewhere, of which BERTGEN overwrites some with `[STOP]` and the `[TO_X]` tags.
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from ..vocab import SPECIAL_IDS, UNK
-from . import toyworld_captions, toyworld_sentences
+from . import captions, sentences
 
 RESERVED = max(SPECIAL_IDS.values()) + 1  # learned pieces start right after [MASK]
 # Big enough to keep most whole words of four languages, small enough that rarer
@@ -21,9 +21,9 @@ VOCAB_SIZE = 1400
 def cover_texts() -> list:
     """Every caption and sentence form, all four languages, in a fixed order."""
     texts = []
-    for lang in toyworld_captions.LANGS:
-        texts += toyworld_captions.cover_captions(lang)
-        texts += (toyworld_sentences.realise(s, lang) for s in toyworld_sentences.cover_sentences())
+    for lang in captions.LANGS:
+        texts += captions.cover_captions(lang)
+        texts += (sentences.realise(s, lang) for s in sentences.cover_sentences())
     return texts
 
 

@@ -12,7 +12,7 @@ from dataclasses import astuple, dataclass, replace
 
 import numpy as np
 
-from . import toyworld_morph as m
+from . import morph as m
 
 # name: (EN sg, EN pl, DE (sg, pl, gender), FR (sg, pl, gender), TR (stem, stem before a vowel))
 PEOPLE = {

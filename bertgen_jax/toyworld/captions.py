@@ -11,8 +11,8 @@ Objects are always named in reading order, so a caption is a function of the sce
 the frame and which attributes are left out ("omit"; MMT sources leave some out).
 """
 
-from . import toyworld_morph as m
-from .toyworld_scenes import COLOURS, GRID, SHAPES, SIZES, Obj
+from . import morph as m
+from .scenes import COLOURS, GRID, SHAPES, SIZES, Obj
 
 LANGS = ("en", "de", "fr", "tr")
 FRAMES = ("list", "exist", "relation")

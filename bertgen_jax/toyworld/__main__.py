@@ -1,0 +1,3 @@
+from bertgen_jax.toyworld.corpus import main
+
+main()
