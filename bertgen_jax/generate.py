@@ -23,7 +23,6 @@ import numpy as np
 from flax import nnx
 
 from bertgen_jax import decode, vocab
-from bertgen_jax.beam import beam_search
 from bertgen_jax.checkpoint import MODEL_CONFIG, VOCAB, save_model_files
 from bertgen_jax.data.feature_store import FeatureStore
 from bertgen_jax.data.unroll import Pair
@@ -85,13 +84,8 @@ class Generator:
             raise ValueError(f"beam={beam}: 1 (greedy) or more (beam width)")
         if not pairs:
             return []
-        if beam > 1:
-            found = beam_search(self.model, pairs, self.store, beam=beam, max_len=max_len,
-                                batch_size=batch_size, budget=budget)
-            ids = [i for i, _ in found]
-        else:
-            ids = decode.greedy(self.model, pairs, self.store, max_len=max_len, batch_size=batch_size,
-                                budget=budget)
+        ids = decode.generate(self.model, pairs, self.store, beam=beam, max_len=max_len, batch_size=batch_size,
+                              budget=budget)
         return [ids_to_text(self.tokenizer, i) for i in ids]
 
     def caption(self, image_ids, lang: str, *, beam: int = 1, max_len: int = 150, batch_size: int = 32):

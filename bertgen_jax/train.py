@@ -252,17 +252,13 @@ def _teacher_forced(steps: Steps, params, iterator, data, config, mesh, step: in
 def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdir: str) -> list[dict]:
     """Decode the held-out split's sets, score them, write tables; rows of the results table."""
     from bertgen_jax import decode, evaluate  # noqa: PLC0415 (only a finished run decodes)
-    from bertgen_jax.beam import beam_search  # noqa: PLC0415
     model = steps.model(jax.device_get(params))
     max_len = dict(config.eval.max_len)
 
     def decoder(beam):
         def decode_fn(pairs):
-            task = pairs[0].task
-            if beam > 1:
-                return [ids for ids, _ in beam_search(model, pairs, data.store, beam=beam, max_len=max_len[task],
-                                                    batch_size=config.eval.decode_batch)]
-            return decode.greedy(model, pairs, data.store, max_len=max_len[task], batch_size=config.eval.decode_batch)
+            return decode.generate(model, pairs, data.store, beam=beam, max_len=max_len[pairs[0].task],
+                                   batch_size=config.eval.decode_batch)
         return decode_fn
 
     other = config.eval.compare_beam  # a second decoder, its rows beside the main one's

@@ -83,21 +83,43 @@ def results(tmp_path_factory):
     return json.loads(line[len("RESULT "):])
 
 
+# Tolerances. The meshes run the same float32 arithmetic in other orders: the data axis sums
+# per-shard gradients in an all-reduce, the tensor and fsdp axes split matmul reductions into
+# partial sums, and XLA's CPU kernels block their loops by the host's vector width and thread
+# count. A reassociated float32 sum of n terms moves by about sqrt(n) * u * sum|x| (u = 6e-8,
+# unit roundoff), i.e. relative to the sum by sqrt(n) * u * c, where c = sum|x| / |sum x| is
+# its cancellation.
+# - Losses: a mean of ~10^3 per-target cross-entropies through a few layers of H-wide
+#   reductions; step 1 differs only by that forward reassociation (~1e-6 relative), later steps
+#   also by the parameter differences below, scaled by the learning rate. rtol 1e-4 leaves an
+#   order of magnitude over both, and a broken all-reduce or shard shows as O(1e-2) or more.
+# - Parameters after 3 Adam steps: Adam's update is a ratio of gradient moments, so it carries
+#   the gradient's relative error, and a bias gradient is a sum over the batch's ~10^3 token
+#   positions with cancellation c up to ~10^2: sqrt(10^3) * 6e-8 * 10^2 ~= 2e-4 of the ~lr-sized
+#   steps, relative to each array's largest entry. Bound 1e-3 (5x). A different CPU measured
+#   1.5e-5 on region_proj's bias against an earlier 1e-5 bound, which was tighter than this
+#   reasoning allows. A missing gradient reduction or a mis-sharded array differs by O(1).
+LOSS_RTOL = 1e-4
+PARAM_REL = 1e-3
+
+
 def test_meshes_give_the_single_device_losses(results):
     assert results["devices"] == 8
     want = np.array(results["losses"]["one"])
     assert want[0, 0] > want[-1, 0] - 5  # finite, real numbers
     for name in ("data4_tensor2", "fsdp8"):
-        np.testing.assert_allclose(results["losses"][name], want, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(results["losses"][name], want, rtol=LOSS_RTOL, err_msg=name)
         # Key biases have an exactly zero gradient (softmax ignores a constant added to every
         # score of a query), so Adam turns float noise into +-lr steps whose sign depends on
         # the summation order: they are left out.
         rel = results["param_rel"][name]
-        assert {k: v for k, v in rel.items() if "['key']['bias']" not in k and v > 1e-5} == {}, name
+        assert {k: v for k, v in rel.items() if "['key']['bias']" not in k and v > PARAM_REL} == {}, name
         assert len(rel) > 30
         assert results["traces"][name] == 1
 
 
 def test_accumulated_micro_batches_equal_one_batch(results):
+    # Two micro-batch gradients added = one batch's gradient summed in another order: the
+    # reassociation bound above applies as it is.
     acc = results["accumulation"]
-    np.testing.assert_allclose(acc["accumulated"], acc["whole"], rtol=1e-5)
+    np.testing.assert_allclose(acc["accumulated"], acc["whole"], rtol=LOSS_RTOL)
