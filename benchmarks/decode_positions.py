@@ -18,7 +18,7 @@ from flax import nnx
 
 from benchmarks import workload
 from benchmarks.run import MICRO, model_config
-from bertgen_jax import decode
+from bertgen_jax.decode import engine, greedy
 from bertgen_jax.data.pipeline import DEFAULT_BUDGETS
 from bertgen_jax.model import BertGen
 
@@ -29,20 +29,20 @@ def count(sentences: int, batch: int, max_len: int, seed: int = 1, size: str = "
     cfg = dataclasses.replace(MICRO, vocab_size=model_config(size).vocab_size)
     pairs, regions_of = workload.synthetic_pairs(sentences, seed, cfg.vocab_size, feature_dim=cfg.feature_dim)
     stages = []
-    run_stage = decode._greedy_stage
+    run_stage = greedy._stage
 
     def logged(graphdef, state, inp, carry, lt, *rest):
-        t0 = np.asarray(carry["t"])
+        t0 = np.asarray(carry.t)
         out = run_stage(graphdef, state, inp, carry, lt, *rest)
-        stages.append((inp["h"].shape[0], lt, int(np.max(np.asarray(out["t"]) - t0))))
+        stages.append((inp["h"].shape[0], lt, int(np.max(np.asarray(out.t) - t0))))
         return out
-    decode._greedy_stage = logged
+    greedy._stage = logged
     try:
-        decode.greedy(BertGen(cfg, nnx.Rngs(0)), pairs, regions_of, max_len=max_len, batch_size=batch,
+        greedy.greedy(BertGen(cfg, nnx.Rngs(0)), pairs, regions_of, max_len=max_len, batch_size=batch,
                       budget=DEFAULT_BUDGETS)
     finally:
-        decode._greedy_stage = run_stage
-    ctxs = decode.contexts(pairs, DEFAULT_BUDGETS)
+        greedy._stage = run_stage
+    ctxs = engine.contexts(pairs, DEFAULT_BUDGETS)
     tokens = lambda c, t: len(c.head) + t + 2 + c.regions + 1  # [MASK] [SEP] regions [END]
     reference = sum(len(chunk) * max(tokens(c, t) for c in chunk)
                     for chunk in (ctxs[i:i + 8] for i in range(0, len(ctxs), 8)) for t in range(max_len + 1))

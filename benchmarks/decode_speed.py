@@ -1,5 +1,5 @@
-"""Greedy decoding speed: decode.greedy (jitted while_loop over bucketed buffers, head at
-`[MASK]` only, batch 32) against decode.reference_greedy (the original's loop: 8 sentences at a
+"""Greedy decoding speed: decode/greedy.py (jitted while_loop over bucketed buffers, head at
+`[MASK]` only, batch 32) against decode/reference.py (the original's loop: 8 sentences at a
 time, tensor rebuilt one token longer each step, head at every position, one compile per shape)
 on the same model and the same inputs, in one run:
 
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bertgen_jax import decode, vocab
+from bertgen_jax import compiles, vocab
+from bertgen_jax.decode import greedy, reference
 from bertgen_jax import toyworld
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.streams import stream_pairs
@@ -62,7 +63,7 @@ def calibrate_stop_bias(model, pairs, store, max_len, target_len, steps=10):
     for _ in range(steps):
         mid = (lo + hi) / 2
         model.mlm_head.bias[...] = jnp.asarray(bias + mid * stop)
-        mean = np.mean([len(o) for o in decode.greedy(model, pairs, store, max_len=max_len)])
+        mean = np.mean([len(o) for o in greedy.greedy(model, pairs, store, max_len=max_len)])
         lo, hi = (mid, hi) if mean > target_len else (lo, mid)
     return mid
 
@@ -89,13 +90,13 @@ def main():
     model = BertGen(cfg, nnx.Rngs(0))
     target_len = float(np.mean([len(p.tgt_ids) for p in pairs]))
     stop_bias = calibrate_stop_bias(model, pairs, store, args.max_len, target_len)  # compiles ours
-    compiles = sum(decode.TRACES.values())  # over the 10 calibration decodes: once per bucket
+    n_compiles = sum(compiles.COUNTS.values())  # over the 10 calibration decodes: once per bucket
     load_before = os.getloadavg()
 
-    ours, _ = timed(lambda: decode.greedy(model, pairs, store, max_len=args.max_len))  # warm-up
-    ours, ours_s = timed(lambda: decode.greedy(model, pairs, store, max_len=args.max_len))
-    ref, _ = timed(lambda: decode.reference_greedy(model, pairs, store, max_len=args.max_len))  # compiles
-    ref, ref_s = timed(lambda: decode.reference_greedy(model, pairs, store, max_len=args.max_len))
+    ours, _ = timed(lambda: greedy.greedy(model, pairs, store, max_len=args.max_len))  # warm-up
+    ours, ours_s = timed(lambda: greedy.greedy(model, pairs, store, max_len=args.max_len))
+    ref, _ = timed(lambda: reference.reference_greedy(model, pairs, store, max_len=args.max_len))  # compiles
+    ref, ref_s = timed(lambda: reference.reference_greedy(model, pairs, store, max_len=args.max_len))
     lengths = [len(o) for o in ours]
     result = {
         "size": args.size, "sentences": len(pairs), "max_len": args.max_len, "model": SIZES[args.size],
@@ -103,7 +104,7 @@ def main():
         "mean_output_len": float(np.mean(lengths)), "capped_at_max_len": int(sum(n == args.max_len for n in lengths)),
         "mean_reference_target_len": target_len,
         "jitted_sentences_per_s": len(pairs) / ours_s, "reference_sentences_per_s": len(pairs) / ref_s,
-        "speedup": ref_s / ours_s, "jitted_compiles": compiles,
+        "speedup": ref_s / ours_s, "jitted_compiles": n_compiles,
         "identical_outputs": all(np.array_equal(a, b) for a, b in zip(ours, ref)),
         "device": str(jax.devices()[0]), "machine": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "load_average_before_after": [load_before[0], os.getloadavg()[0]],
@@ -112,7 +113,7 @@ def main():
           f"{SIZES[args.size]}, mean output {result['mean_output_len']:.1f} tokens "
           f"({result['capped_at_max_len']} capped), reference targets {target_len:.1f}")
     print(f"jitted greedy (batch 32):            {result['jitted_sentences_per_s']:8.1f} sentences/s "
-          f"({compiles} compiles over 11 decodes of these inputs)")
+          f"({n_compiles} compiles over 11 decodes of these inputs)")
     print(f"reference greedy (batch 8, growing): {result['reference_sentences_per_s']:8.1f} sentences/s")
     print(f"speed-up {result['speedup']:.1f}x; identical outputs: {result['identical_outputs']}; "
           f"load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -24,7 +24,7 @@ before timing (build time reported apart); `--warmup` steps (the compile) go unt
 step is waited for; rates are medians over the timed steps of each step's rate.
 
 Decoding: the same pairs and weights (ours copied into PyTorch by load_from_jax). Ours is
-decode.greedy (while_loop over bucketed buffers, head at `[MASK]`), timed on its second run
+decode/greedy.py (while_loop over bucketed buffers, head at `[MASK]`), timed on its second run
 (the first compiles); the reference is greedy_original (8 at a time, the tensor rebuilt one
 token longer each step, head everywhere). Random weights never emit `[STOP]`, so every
 sentence runs to `--max-len` (default 20, about the workload's mean target length).

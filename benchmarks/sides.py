@@ -250,7 +250,7 @@ def side_decode(args, cfg) -> dict:
     from flax import nnx
 
     from benchmarks import torch_reference as T
-    from bertgen_jax import decode
+    from bertgen_jax.decode import greedy
     from bertgen_jax.model import BertGen
     _jax_setup(args)
     out = {}
@@ -261,7 +261,7 @@ def side_decode(args, cfg) -> dict:
     ref_model = T.TorchBertGen(cfg)
     T.load_from_jax(ref_model, ours_model)
     ref_model.to(_torch_setup(args))
-    run_ours = lambda: decode.greedy(ours_model, pairs, regions_of, max_len=args.max_len,
+    run_ours = lambda: greedy.greedy(ours_model, pairs, regions_of, max_len=args.max_len,
                                      batch_size=args.decode_batch, budget=DEFAULT_BUDGETS)
     out["ours_first_s"] = _timed(run_ours)  # compiles every stage shape these pairs need
     start = time.perf_counter()

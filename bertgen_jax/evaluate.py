@@ -1,11 +1,12 @@
 """Decode held-out sets, detokenise, score, and write what was scored.
 
-For every `EvalSet` one row ("model"); for visual sets (ic, mmt) also the adversarial image
-shuffle of the paper (every input gets another test image, a fixed-seed derangement) as
-"<name> (shuffled images)"; for mt and mmt a copy-the-source baseline, "<name> (copy source)",
-against which zero-shot rows can be read; for every set one row per alternative decoder given
-(e.g. "<name> (beam 4)" beside greedy's). Variant rows carry `delta_bleu` = their BLEU minus the
-model row's (a shuffle costing BLEU shows as a negative number).
+For every held-out set (a `datasets.Split`) one row ("model"); for visual sets (ic, mmt) also
+the adversarial image shuffle of the paper (every input gets another test image, a fixed-seed
+derangement) as "<name> (shuffled images)"; for mt and mmt a copy-the-source baseline,
+"<name> (copy source)", against which zero-shot rows can be read; for every set one row per
+alternative decoder given (e.g. "<name> (beam 4)" beside greedy's). Variant rows carry
+`delta_bleu` = their BLEU minus the model row's (a shuffle costing BLEU shows as a negative
+number).
 
 Captioning sets hold one pair per caption, several per image: one hypothesis is decoded per
 image (from the image's first pair) and scored against all of that image's captions.
@@ -32,8 +33,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bertgen_jax import metrics
-from bertgen_jax.data.records import SkipCounter
-from bertgen_jax.data.streams import stream_pairs
+from bertgen_jax.data.datasets import Split
 from bertgen_jax.data.unroll import Pair
 
 log = logging.getLogger(__name__)
@@ -44,53 +44,22 @@ SHUFFLED, COPY = "shuffled images", "copy source"
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalSet:
-    """One held-out stream. `skipped`: records the reader dropped (bad or over budget)."""
-    name: str
-    task: str
-    src: str | None
-    tgt: str
-    zero_shot: bool
-    pairs: list[Pair]
-    skipped: int = 0
+class Sample:
+    """What one results row decoded, in order: the caller's material for text samples."""
+    name: str  # the row's name
+    inputs: list[Pair]  # as decoded (images already moved for a shuffled-image row)
+    hyps: list[str]
+    refs: list[list[str]]
 
 
-def eval_sets_from_manifest(manifest, root: str, tokenizer, stores, split: str = "test",
-                            budget_for: Callable[[str], int] = lambda task: 512,
-                            on_bad_record: str = "skip") -> list[EvalSet]:
-    """The `split` streams of a manifest (path or dict) as EvalSets, in manifest order.
-
-    `stores` maps an entry's `features` file to its FeatureStore, or is one store for all.
-    `budget_for(task)` is the sequence budget a pair must fit to be kept; the default 512 (BERT's
-    positions) drops nothing real, since a test set must not shrink to what a training budget fits.
-    """
-    if not isinstance(manifest, dict):
-        with open(manifest, encoding="utf-8") as f:
-            manifest = json.load(f)
-    sets = []
-    for entry in manifest["streams"]:
-        if entry["split"] != split:
-            continue
-        store = None
-        if entry["format"] == "jsonl":
-            store = stores if not isinstance(stores, dict) else stores.get(entry.get("features"))
-            if store is None:
-                raise ValueError(f"eval set {entry['name']} ({split}): no feature store for its features "
-                                 f"file {entry.get('features')!r}; stores has {sorted(stores or {})}")
-        skips = SkipCounter()
-        pairs = stream_pairs(entry, root, tokenizer, store, budget_for(entry["task"]),
-                             on_bad_record=on_bad_record, skips=skips)
-        if skips.total:
-            log.warning("eval set %s: %d records skipped (%s); scores cover the rest",
-                        entry["name"], skips.total, skips.summary())
-        sets.append(EvalSet(entry["name"], entry["task"], entry.get("src"), entry["tgt"],
-                            bool(entry.get("zero_shot")), pairs, skips.total))
-    if not sets:
-        raise ValueError(f"manifest has no {split!r} streams")
-    return sets
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """What `evaluate_sets` found: the results rows (as results.json holds them) and samples."""
+    rows: list[dict]
+    samples: list[Sample]  # one per row, in the same order
 
 
-def decode_inputs(s: EvalSet) -> tuple[list[Pair], list[list[np.ndarray]]]:
+def decode_inputs(s: Split) -> tuple[list[Pair], list[list[np.ndarray]]]:
     """(pairs to decode, reference ids of each): one per image for captioning, else every pair."""
     if s.task != "ic":
         return list(s.pairs), [[p.tgt_ids] for p in s.pairs]
@@ -120,31 +89,32 @@ def derange_images(pairs: Sequence[Pair], seed: int = 0) -> list[Pair] | None:
             for p in pairs]
 
 
-def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets: Sequence[EvalSet],
+def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets: Sequence[Split],
                   tokenizer, *, out_dir: str | None = None, step: int | None = None,
                   shuffle_images: bool = True, seed: int = 0, tokenize: str = "words",
-                  on_row: Callable[[dict, list[Pair], list[str], list[list[str]]], None] | None = None,
-                  alternatives: dict[str, Callable[[list[Pair]], list[np.ndarray]]] | None = None) -> list[dict]:
+                  alternatives: dict[str, Callable[[list[Pair]], list[np.ndarray]]] | None = None) -> Evaluation:
     """Decode, detokenise and score every set (module docstring); write files when out_dir is
-    given; return the rows. `decode_fn(pairs)` returns one id array per pair, in order;
-    `alternatives` maps a variant name (e.g. "beam 4") to another such function.
-    `on_row(row, inputs, hyps, refs)` is called for every row once it is scored (text samples)."""
+    given; return the rows and, for each, what was decoded (`Sample`) for the caller to show.
+    `decode_fn(pairs)` returns one id array per pair, in order; `alternatives` maps a variant
+    name (e.g. "beam 4") to another such function."""
     clash = set(alternatives or ()) & {"model", SHUFFLED, COPY}
     if clash:
         raise ValueError(f"alternative decoder names {sorted(clash)} are taken by evaluate's own rows")
-    rows, files = [], {}
+    rows, samples, files = [], [], {}
     for s in eval_sets:
         if not s.pairs:
             log.warning("eval set %s is empty: skipped", s.name)
             continue
+        if s.skipped:
+            log.warning("eval set %s: %d records skipped when it was read; scores cover the rest",
+                        s.name, s.skipped)
         inputs, ref_ids = decode_inputs(s)
         refs = [[metrics.ids_to_text(tokenizer, r) for r in rs] for rs in ref_ids]
         hyps = _decode(decode_fn, inputs, tokenizer, s.name)
         base = _row(s, "model", hyps, refs, step, tokenize)
         rows.append(base)
+        samples.append(Sample(base["name"], inputs, hyps, refs))
         files[s.name] = (hyps, refs)
-        if on_row:
-            on_row(base, inputs, hyps, refs)
         variants = []
         if shuffle_images and s.task in VISUAL_TASKS:
             moved = derange_images(inputs, seed)
@@ -161,11 +131,10 @@ def evaluate_sets(decode_fn: Callable[[list[Pair]], list[np.ndarray]], eval_sets
             row["delta_bleu"] = row["bleu"] - base["bleu"]
             rows.append(row)
             files[row["name"]] = (vhyps, None)
-            if on_row:
-                on_row(row, moved if variant == SHUFFLED else inputs, vhyps, refs)
+            samples.append(Sample(row["name"], moved if variant == SHUFFLED else inputs, vhyps, refs))
     if out_dir is not None:
         write_results(out_dir, step, rows, files)
-    return rows
+    return Evaluation(rows, samples)
 
 
 def _decode(decode_fn, pairs, tokenizer, name) -> list[str]:
@@ -175,7 +144,7 @@ def _decode(decode_fn, pairs, tokenizer, name) -> list[str]:
     return [metrics.ids_to_text(tokenizer, ids) for ids in out]
 
 
-def _row(s: EvalSet, variant: str, hyps, refs, step, tokenize) -> dict:
+def _row(s: Split, variant: str, hyps, refs, step, tokenize) -> dict:
     name = s.name if variant == "model" else f"{s.name} ({variant})"
     row = {"name": name, "set": s.name, "variant": variant, "task": s.task, "src": s.src,
            "tgt": s.tgt, "direction": f"{s.src or 'image'}->{s.tgt}", "zero_shot": s.zero_shot,

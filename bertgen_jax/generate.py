@@ -14,22 +14,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
-import jax
 import numpy as np
-from flax import nnx
 
-from bertgen_jax import decode, vocab
-from bertgen_jax.checkpoint import MODEL_CONFIG, VOCAB, save_model_files
+from bertgen_jax import checkpoint, decode, vocab
 from bertgen_jax.data.feature_store import FeatureStore
 from bertgen_jax.data.unroll import Pair
 from bertgen_jax.metrics import ids_to_text
-from bertgen_jax.model import BertGen, ModelConfig
-
-PARAMS = "params.safetensors"
+from bertgen_jax.model import BertGen
 
 
 class Generator:
@@ -42,32 +35,16 @@ class Generator:
 
     @classmethod
     def load(cls, path: str, step: int | None = None, features: str | None = None) -> "Generator":
-        """From a training workdir (checkpoint `step`, default latest) or an exported directory."""
-        for name in (MODEL_CONFIG, VOCAB):
-            if not os.path.isfile(os.path.join(path, name)):
-                raise FileNotFoundError(f"{path}: no {name}; expected a training workdir or a directory "
-                                        "written by `python -m bertgen_jax.generate --export`")
-        with open(os.path.join(path, MODEL_CONFIG), encoding="utf-8") as f:
-            cfg = ModelConfig(**json.load(f))
-        model = nnx.eval_shape(lambda: BertGen(cfg, nnx.Rngs(0)))
-        graphdef, abstract, rest = nnx.split(model, nnx.Param, ...)
-        if os.path.isfile(os.path.join(path, PARAMS)):
-            params = _read_flat(os.path.join(path, PARAMS))
-        else:
-            params = _read_checkpoint(path, step, nnx.to_pure_dict(abstract))
-        state = jax.tree.map(lambda x: x, abstract)
-        nnx.replace_by_pure_dict(state, params)
-        rest = jax.tree.map(lambda x: jax.random.key(0) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
-                            else np.zeros(x.shape, x.dtype), rest)
-        store = FeatureStore(features) if features else None
-        return cls(nnx.merge(graphdef, state, rest), os.path.join(path, VOCAB), store)
+        """From a training workdir (checkpoint `step`, default latest) or an exported directory;
+        `path` may be relative or start with `~`."""
+        model = checkpoint.load_model(path, step)
+        vocab_file = checkpoint.vocab_file(path)
+        store = FeatureStore(checkpoint.resolve(features)) if features else None
+        return cls(model, vocab_file, store)
 
     def export(self, out_dir: str) -> None:
         """model_config.json + vocab.txt + params.safetensors: everything `load` needs."""
-        from safetensors.numpy import save_file
-        os.makedirs(out_dir, exist_ok=True)
-        save_file(_flatten(nnx.to_pure_dict(nnx.state(self.model, nnx.Param))), os.path.join(out_dir, PARAMS))
-        save_model_files(out_dir, self.model.cfg, self.vocab_file)
+        checkpoint.export_model(self.model, self.vocab_file, out_dir)
 
     # -- generation --------------------------------------------------------------------------
 
@@ -108,37 +85,6 @@ class Generator:
             pairs.append(Pair("mmt" if image_ids is not None else "mt", lang, src, np.zeros(0, np.int32), *image))
         max_len = max_len or (150 if image_ids is not None else 300)
         return self._run(pairs, beam, max_len, batch_size, budget)
-
-
-def _flatten(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        out.update(_flatten(value, name + "/") if isinstance(value, dict) else {name: np.asarray(value)})
-    return out
-
-
-def _read_flat(path: str) -> dict:
-    from safetensors.numpy import load_file
-    tree: dict = {}
-    for name, value in load_file(path).items():
-        node = tree
-        *parents, leaf = name.split("/")
-        for p in parents:
-            node = node.setdefault(int(p) if p.isdigit() else p, {})
-        node[int(leaf) if leaf.isdigit() else leaf] = value
-    return tree
-
-
-def _read_checkpoint(workdir: str, step: int | None, abstract: dict) -> dict:
-    import orbax.checkpoint as ocp
-    directory = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if os.path.isdir(directory) else []
-    if not steps or (step is not None and step not in steps):
-        wanted = "no checkpoints" if step is None else f"no checkpoint {step}"
-        raise FileNotFoundError(f"{directory}: {wanted} (have {steps})")
-    step = steps[-1] if step is None else step
-    return ocp.StandardCheckpointer().restore(os.path.join(directory, str(step), "params"), abstract)
 
 
 def main(argv=None) -> int:

@@ -20,6 +20,8 @@ BATCH_KEYS = {
     "region_index": "[B, L] int32 region slot of a region token, or of the whole-image "
     "region of a text token's example; -1 for none",
     "segment_ids": "[B, L] int32 optional; 0 = padding, tokens attend within their segment",
+    "attention_rank": "[B, L] int32 optional (one-pass rows only): within a segment a token sees "
+    "the tokens of even rank not above its own, and itself (data/one_pass.py); absent = all see all",
     "region_features": "[B, R, F] float32 RoI appearance features",
     "region_boxes": "[B, R, 4] float32 pixel boxes (x1, y1, x2, y2)",
     "region_image_wh": "[B, R, 2] float32 width and height of each region's image",

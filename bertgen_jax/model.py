@@ -38,6 +38,9 @@ class ModelConfig:
     visual_ln_init: float = 0.0  # gammas of visual_ln_text/object: vision off in a fresh model
     dtype: str = "float32"  # compute dtype; parameters are always float32
     remat: bool = False  # recompute each layer's activations in the backward pass
+    # How it was trained: "unrolled" (the original's layout) or "one_pass" (data/one_pass.py).
+    # The parameters are the same either way; decoding follows this (decode.generate).
+    objective: str = "unrolled"
 
     @property
     def geometry_dim(self) -> int:
@@ -117,10 +120,12 @@ class Embeddings(nnx.Module):
         x = self.dropout(x)
         return jax.nn.relu(self.region_proj(x)).astype(jnp.float32)
 
-    def __call__(self, batch):
+    def __call__(self, batch, regions=None):
+        """regions: projected RoIs [B, R, H] (`self.regions(batch)`) when the caller has them."""
         kind = batch["token_kind"]
         word = self.word_embeddings(batch["token_ids"])  # [B, L, H]
-        regions = self.regions(batch)
+        if regions is None:
+            regions = self.regions(batch)
         index = batch["region_index"]
         if regions is None:
             visual = jnp.zeros_like(word)
@@ -150,12 +155,21 @@ class Attention(nnx.Module):
         self.output = _dense(cfg, h, h, ("heads", "embed"), rngs)
         self.attention_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
 
-    def __call__(self, x, allowed):
-        """x [B, L, H]; allowed [B, 1, L, L] bool -> [B, L, H]."""
+    def keys_values(self, x):
+        """Keys and values of x's tokens, [B, L, heads, H / heads] each: what a cache keeps."""
+        b, l, h = x.shape
+        split = lambda t: t.reshape(b, l, self.cfg.num_heads, h // self.cfg.num_heads)
+        return split(self.key(x)), split(self.value(x))
+
+    def __call__(self, x, allowed, past=None):
+        """x [B, L, H]; allowed [B, 1, L, L] bool -> [B, L, H]. past: (keys, values) [B, P, ...]
+        of earlier tokens x may also attend to (a decoder's cache); allowed is then [B, 1, L, P + L]."""
         b, l, h = x.shape
         n = self.cfg.num_heads
-        split = lambda t: t.reshape(b, l, n, h // n)
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        q = self.query(x).reshape(b, l, n, h // n)
+        k, v = self.keys_values(x)
+        if past is not None:
+            k, v = jnp.concatenate([past[0], k], 1), jnp.concatenate([past[1], v], 1)
         scores = jnp.einsum("bqnd,bknd->bnqk", q, k, preferred_element_type=jnp.float32)
         scores = scores / math.sqrt(h // n)
         scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
@@ -176,9 +190,9 @@ class Layer(nnx.Module):
         self.output_ln = _layer_norm(cfg, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def __call__(self, x, allowed):
+    def __call__(self, x, allowed, past=None):
         dt = self.cfg.compute_dtype
-        x = self.attention_ln(x + self.dropout(self.attention(x, allowed))).astype(dt)
+        x = self.attention_ln(x + self.dropout(self.attention(x, allowed, past))).astype(dt)
         y = self.output(jax.nn.gelu(self.intermediate(x), approximate=False))
         return self.output_ln(x + self.dropout(y)).astype(dt)
 
@@ -203,11 +217,16 @@ class MlmHead(nnx.Module):
 
 def attention_allowed(batch):
     """[B, 1, L, L] bool: a token sees the present tokens of its own segment (padding mask only
-    when a row holds one example)."""
+    when a row holds one example); with `attention_rank` (one-pass rows) only those of even rank
+    not above its own, and itself."""
     seg = batch.get("segment_ids")
     if seg is None:
         seg = (batch["token_kind"] != KIND_PAD).astype(jnp.int32)
     allowed = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+    rank = batch.get("attention_rank")
+    if rank is not None:
+        q, k = rank[:, :, None], rank[:, None, :]
+        allowed &= ((k % 2 == 0) & (k <= q)) | jnp.eye(rank.shape[1], dtype=bool)[None]
     return allowed[:, None]
 
 
@@ -222,10 +241,11 @@ class BertGen(nnx.Module):
             self.layers = nnx.List([Layer(cfg, rngs) for _ in range(cfg.num_layers)])
             self.mlm_head = MlmHead(cfg, rngs)
 
-    def encode(self, batch):
-        """Final hidden states [B, L, H] in the compute dtype."""
+    def encode(self, batch, regions=None):
+        """Final hidden states [B, L, H] in the compute dtype. regions: the batch's RoIs already
+        projected (`embeddings.regions(batch)`), e.g. once for every step of a decode."""
         allowed = attention_allowed(batch)
-        x = self.embeddings(batch)
+        x = self.embeddings(batch, regions)
         # Remat only pays in a backward pass: a model in eval mode (evaluation, decoding) runs
         # its layers plainly, which also lets it be called inside scans and while loops.
         remat = self.cfg.remat and not self.embeddings.dropout.deterministic

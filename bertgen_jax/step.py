@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from bertgen_jax import optim
 from bertgen_jax import sharding as shard_lib
 from bertgen_jax import vocab
+from bertgen_jax.checkpoint import merge_params
 from bertgen_jax.layout import KIND_PAD
 from bertgen_jax.objective import per_target_loss
 
@@ -83,9 +84,7 @@ class Steps:
 
     def model(self, params: dict, train: bool = False):
         """An nnx model holding `params` (for decoding and export)."""
-        state = jax.tree.map(lambda x: x, self.abstract)
-        nnx.replace_by_pure_dict(state, params)
-        return nnx.merge(self.train_graph if train else self.eval_graph, state, self.other)
+        return merge_params(self.train_graph if train else self.eval_graph, self.abstract, params, self.other)
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -116,9 +115,7 @@ class Steps:
         key = jax.random.fold_in(self.root, step)
 
         def summed_loss(p, micro, k):
-            state = jax.tree.map(lambda x: x, self.abstract)
-            nnx.replace_by_pure_dict(state, p)
-            model = nnx.merge(self.train_graph, state, self._rng_state(k))
+            model = merge_params(self.train_graph, self.abstract, p, self._rng_state(k))
             loss, correct = per_target_loss(model, micro)
             return jnp.sum(loss * micro["label_weights"]), (loss, correct)
 
@@ -148,9 +145,7 @@ class Steps:
     def _eval(self, params, batch):
         """Teacher-forced sums of one [A, B, ...] batch (no dropout)."""
         self.traces["eval"] += 1
-        state = jax.tree.map(lambda x: x, self.abstract)
-        nnx.replace_by_pure_dict(state, params)
-        model = nnx.merge(self.eval_graph, state, self.other)
+        model = merge_params(self.eval_graph, self.abstract, params, self.other)
 
         def one(_, micro):
             loss, correct = per_target_loss(model, micro)

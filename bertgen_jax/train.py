@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import logging
 import os
@@ -22,8 +23,9 @@ import numpy as np
 
 from bertgen_jax.errors import ConfigError, TrainingDiverged
 from bertgen_jax import optim, sharding, weights
-from bertgen_jax.checkpoint import Checkpoints, save_model_files
+from bertgen_jax.checkpoint import MODEL_CONFIG, Checkpoints, checkpoint_dir, read_model_config, save_model_files
 from bertgen_jax.data import datasets
+from bertgen_jax.data.one_pass import OBJECTIVES
 from bertgen_jax.data.pipeline import BatchIterator, Stream
 from bertgen_jax.data.records import ON_BAD_RECORD
 from bertgen_jax.data.rows import MODES, RowSpec
@@ -49,6 +51,7 @@ def run(config, workdir: str) -> dict:
         raise ConfigError(f"workdir {workdir!r}: a URL; give a filesystem path (local, or a mount every "
                           "host shares, e.g. gcsfuse) and copy the run to a bucket afterwards (launch/tpu_vm.sh copy)")
     workdir = os.path.abspath(workdir)
+    _check_objective(config, workdir)
     os.makedirs(workdir, exist_ok=True)
     first = jax.process_index() == 0
     if first:
@@ -81,7 +84,9 @@ def run(config, workdir: str) -> dict:
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     rules = tuple(config.mesh.rules) or sharding.LOGICAL_AXIS_RULES
     row_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    global_rows = config.batch.rows_per_device * row_ways
+    one_pass = config.objective == "one_pass"
+    shape = config.one_pass if one_pass else config.data  # the row shape of this objective
+    global_rows = (config.one_pass.rows_per_device if one_pass else config.batch.rows_per_device) * row_ways
     if global_rows % jax.process_count():
         raise ConfigError(f"{global_rows} rows per micro-batch do not split over {jax.process_count()} processes")
     local_rows, accum = global_rows // jax.process_count(), config.batch.accum_steps
@@ -96,18 +101,19 @@ def run(config, workdir: str) -> dict:
     log.info("mesh %s; %d rows x %d micro-batches per step; peak lr %.3g", dict(mesh.shape),
              global_rows, accum, peak)
 
-    spec = RowSpec(config.data.row_length, config.data.targets_per_row, config.data.regions_per_row, feature_dim)
+    spec = RowSpec(shape.row_length, shape.targets_per_row, shape.regions_per_row, feature_dim, attention_rank=one_pass)
     weights_of = dict(config.data.stream_weights)
 
     def iterator(splits, train):
         streams = [Stream(s.name, s.pairs, weights_of.get(s.name, 1.0)) for s in splits]
         return BatchIterator(streams, data.store, spec, local_rows, config.data.mode, budgets,
                              seed=config.seed, process_index=jax.process_index(),
-                             process_count=jax.process_count(), train=train, window=config.data.window)
+                             process_count=jax.process_count(), train=train, window=config.data.window,
+                             objective=config.objective)
 
     # 4. resume
     train_it = iterator(train_splits, train=True)
-    ckpt = Checkpoints(os.path.join(workdir, "checkpoints"), config.train.checkpoint_every,
+    ckpt = Checkpoints(checkpoint_dir(workdir), config.train.checkpoint_every,
                        config.train.keep_checkpoints, config.train.async_checkpoints)
     start = ckpt.latest_step() or 0
     if start > total:
@@ -177,11 +183,13 @@ def run(config, workdir: str) -> dict:
 def _check_choices(config) -> None:
     """Settings with a fixed set of values, checked before anything is generated or loaded."""
     choices = {"data.on_bad_record": ON_BAD_RECORD, "data.mode": MODES,
-               "model.dtype": ("float32", "bfloat16")}
+               "model.dtype": ("float32", "bfloat16"), "objective": OBJECTIVES}
     for key, allowed in choices.items():
-        section, name = key.split(".")
-        if config[section][name] not in allowed:
-            raise ConfigError(f"{key}={config[section][name]!r}: expected one of {allowed}")
+        value = config[key] if "." not in key else config[key.split(".")[0]][key.split(".")[1]]
+        if value not in allowed:
+            near = difflib.get_close_matches(str(value), allowed, n=1)
+            raise ConfigError(f"{key}={value!r}: expected one of {allowed}"
+                              + (f" (did you mean {near[0]!r}?)" if near else ""))
     if config.eval.beam < 1:
         raise ConfigError(f"eval.beam={config.eval.beam}: expected 1 (greedy) or more (beam width)")
     if config.eval.compare_beam < 0 or (config.eval.compare_beam and config.eval.compare_beam == config.eval.beam):
@@ -208,9 +216,21 @@ def results_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_objective(config, workdir: str) -> None:
+    """A workdir's checkpoints were trained with one objective: continuing them with the other
+    is refused before anything is written."""
+    if not os.path.isfile(os.path.join(workdir, MODEL_CONFIG)):
+        return
+    had = read_model_config(workdir).objective
+    if had != config.objective:
+        raise ConfigError(f"{workdir} was trained with objective={had!r}, this config has objective="
+                          f"{config.objective!r}: use another --workdir (or --config.objective={had})")
+
+
 def _init_model(config, vocab_size: int, feature_dim: int):
     mc = config.model
     kw = {f.name: mc[f.name] for f in dataclasses.fields(ModelConfig) if f.name in mc}
+    kw["objective"] = config.objective
     kw["vocab_size"] = mc.vocab_size or vocab_size
     kw["feature_dim"] = mc.feature_dim or feature_dim
     return weights.init_model(ModelConfig(**kw), mc.init, seed=config.seed,
@@ -264,19 +284,19 @@ def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdi
     other = config.eval.compare_beam  # a second decoder, its rows beside the main one's
     alternatives = {f"beam {other}" if other > 1 else "greedy": decoder(other)} if other else None
 
-    sets = [evaluate.EvalSet(s.name, s.task, s.src, s.tgt, s.zero_shot, _first(s.pairs, config.eval.max_sentences))
+    sets = [dataclasses.replace(s, pairs=_first(s.pairs, config.eval.max_sentences))
             for s in data.splits.get(config.eval.decode_split, []) if s.pairs]
-    def samples(row, inputs, hyps, refs):
-        sources = [_input_text(p, data) for p in inputs[:config.eval.samples]]
-        reporter.samples(step, row["name"], sources, hyps, refs, config.eval.samples)
-
-    rows = evaluate.evaluate_sets(decoder(config.eval.beam), sets, data.tokenizer, out_dir=os.path.join(workdir, "eval"),
-                                  step=step, shuffle_images=config.eval.shuffle_images, seed=config.seed,
-                                  on_row=samples, alternatives=alternatives)
-    for row in rows:
+    found = evaluate.evaluate_sets(decoder(config.eval.beam), sets, data.tokenizer, out_dir=os.path.join(workdir, "eval"),
+                                   step=step, shuffle_images=config.eval.shuffle_images, seed=config.seed,
+                                   alternatives=alternatives)
+    for row in found.rows:
         reporter.scalars(step, {k: row.get(k) for k in ("bleu", "meteor", "cider", "rouge_l")
                                 if isinstance(row.get(k), (int, float))}, f"decode/{row['name']}")
-    return rows
+    n = config.eval.samples
+    for sample in found.samples:
+        sources = [_input_text(p, data) for p in sample.inputs[:n]]
+        reporter.samples(step, sample.name, sources, sample.hyps, sample.refs, n)
+    return found.rows
 
 
 def _input_text(pair, data) -> str:

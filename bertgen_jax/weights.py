@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from bertgen_jax import vocab
+from bertgen_jax.errors import ConfigError
 from bertgen_jax.model import BertGen, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,14 @@ def _rename(name: str, to_canonical: bool) -> str | None:
     return None
 
 
-# Present in checkpoints, deliberately not loaded: tied copies, the pooler, other heads' parts.
+# Present in checkpoints, deliberately not loaded: tied copies, the pooler, other heads' parts,
+# and the original's masked-region pre-training tables (object_mask_visual_embedding,
+# object_mask_word_embedding, aux_text_visual_embedding), which BERTGEN's tasks never use.
+# Matched after `module.` and `vlbert.` are stripped, so either spelling of a key lands here.
 _IGNORED = re.compile(r"^(cls\.predictions\.decoder\.|pooler\.|cls\.seq_relationship\.|"
-                      r"embeddings\.position_ids$|vlbert\.pooler\.|vlbert\.mvrc_head\.|"
-                      r"final_mlp\.|image_feature_extractor\.(?!obj_downsample\.1\.))")
+                      r"embeddings\.position_ids$|mvrc_head\.|relationsip_head\.|final_mlp\.|"
+                      r"object_mask_visual_embedding\.|object_mask_word_embedding\.|"
+                      r"aux_text_visual_embedding\.|image_feature_extractor\.(?!obj_downsample\.1\.))")
 
 # Which canonical names each source provides in `hybrid` (docs/specification.md, "Initialisation").
 _HYBRID_FROM_VLBERT = re.compile(
@@ -96,7 +101,7 @@ class LoadReport:
         lines = [f"loaded {len(self.loaded)}, missing {len(self.missing)}, unexpected "
                  f"{len(self.unexpected)}, re-initialised {len(self.reinitialised)}, "
                  f"ignored {len(self.ignored)}"]
-        for name in ("missing", "unexpected", "reinitialised"):
+        for name in ("missing", "unexpected", "reinitialised", "ignored"):
             if getattr(self, name):
                 lines.append(f"  {name}: " + ", ".join(getattr(self, name)))
         return "\n".join(lines)
@@ -153,8 +158,10 @@ def canonical_names(state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray]
     return named, ignored
 
 
-def config_from_checkpoint(named: dict[str, np.ndarray], cfg: ModelConfig, hf_config: dict | None = None):
-    """`cfg` with the sizes the checkpoint dictates (vocabulary, width, depth, positions)."""
+def config_from_checkpoint(named: dict[str, np.ndarray], cfg: ModelConfig, hf_config: dict | None = None,
+                           source: str = "checkpoint"):
+    """`cfg` with the sizes the checkpoint dictates (vocabulary, width, depth, positions, and the
+    head count when its config.json records one)."""
     changes = {}
     if "embeddings.word_embeddings.weight" in named:
         changes["vocab_size"], changes["hidden_size"] = named["embeddings.word_embeddings.weight"].shape
@@ -167,13 +174,28 @@ def config_from_checkpoint(named: dict[str, np.ndarray], cfg: ModelConfig, hf_co
         changes["max_positions"] = named["embeddings.position_embeddings.weight"].shape[0]
     if hf_config and "num_attention_heads" in hf_config:
         changes["num_heads"] = hf_config["num_attention_heads"]
-    elif changes.get("hidden_size", cfg.hidden_size) % cfg.num_heads:
-        # VL-BERT files do not record the head count: keep the configured one when it fits,
-        # else BERT's head width of 64.
-        changes["num_heads"] = max(1, changes["hidden_size"] // 64)
     if "embeddings.region_proj.weight" in named:
         changes["feature_dim"] = named["embeddings.region_proj.weight"].shape[1] - cfg.geometry_dim
-    return dataclasses.replace(cfg, **changes)
+    cfg = dataclasses.replace(cfg, **changes)
+    check_heads(cfg, source, "" if "num_heads" in changes else "the checkpoint does not record num_heads")
+    return cfg
+
+
+def check_heads(cfg: ModelConfig, source: str, note: str = "") -> None:
+    """A head count that is set (0 or None: not) and divides the width, else one line saying
+    what to pass; `note` says why the count is the caller's. No tensor shape gives the head
+    count and VL-BERT/BERTGEN files do not record it (their YAML does): a guess would build a
+    model that loads cleanly and computes something else."""
+    if not cfg.num_heads:
+        problem = note or "model.num_heads is not set"
+        fix = f"pass model.num_heads=N (N divides hidden_size {cfg.hidden_size}; BERT-base has 12)"
+    elif cfg.hidden_size % cfg.num_heads:
+        problem = (f"{note} and " if note else "") + \
+            f"model.num_heads={cfg.num_heads} does not divide hidden_size {cfg.hidden_size}"
+        fix = "pass model.num_heads=N that divides it"
+    else:
+        return
+    raise ConfigError(f"{source}: {problem}; {fix}")
 
 
 def read_checkpoint(path: str) -> tuple[dict[str, np.ndarray], list[str], dict | None]:
@@ -247,26 +269,28 @@ def init_model(cfg: ModelConfig, mode: str = "random", *, seed: int = 0, bert_pa
                vlbert_path: str | None = None, bertgen_path: str | None = None):
     """Build a BertGen and fill it according to `mode`; returns (model, cfg actually used, report)."""
     if mode not in INIT_MODES:
-        raise ValueError(f"init mode {mode!r} is not one of {INIT_MODES}")
+        raise ConfigError(f"init mode {mode!r} is not one of {INIT_MODES}")
     needs = {"bert": [("bert_path", bert_path)], "visual": [("vlbert_path", vlbert_path)],
              "hybrid": [("bert_path", bert_path), ("vlbert_path", vlbert_path)],
              "bertgen": [("bertgen_path", bertgen_path)]}.get(mode, [])
     missing = [n for n, p in needs if not p]
     if missing:
-        raise ValueError(f"init mode {mode!r} needs {', '.join(missing)}")
+        raise ConfigError(f"init mode {mode!r} needs {', '.join(missing)}")
 
     sources = []  # (label, canonical arrays, filter)
     if mode in ("bert", "hybrid"):
         named, ignored, hf_config = read_checkpoint(bert_path)
-        cfg = config_from_checkpoint(named, cfg, hf_config)
+        cfg = config_from_checkpoint(named, cfg, hf_config, source=bert_path)
         sources.append((bert_path, named, ignored, _HYBRID_FROM_BERT if mode == "hybrid" else None))
     if mode in ("visual", "hybrid", "bertgen"):
         path = bertgen_path if mode == "bertgen" else vlbert_path
         named, ignored, _ = read_checkpoint(path)
         if mode != "hybrid":
-            cfg = config_from_checkpoint(named, cfg)
+            cfg = config_from_checkpoint(named, cfg, source=path)
         sources.append((path, named, ignored, _HYBRID_FROM_VLBERT if mode == "hybrid" else None))
 
+    if mode == "random":
+        check_heads(cfg, "init random")
     model = BertGen(cfg, nnx.Rngs(seed))
     report = LoadReport()
     for label, named, ignored, take in sources:

@@ -8,6 +8,10 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # the one root seed: init, data order, box flips, dropout (folded by step)
     c.required_files = ()  # (path or tuple of alternative paths, where to get it), checked before anything starts
+    # "unrolled": the original's objective, one [MASK] prediction per example, n+1 examples per
+    # target; "one_pass": all n+1 predictions of a pair in one segment (docs/specification.md,
+    # "One-pass objective") and a cached decoder. Same parameters; a workdir keeps its objective.
+    c.objective = "unrolled"
 
     c.data = d = ml_collections.ConfigDict()
     d.manifest = ""  # manifest JSON of task streams (docs/data_formats.md); "" = ToyWorld in the workdir
@@ -19,12 +23,21 @@ def get_config() -> ml_collections.ConfigDict:
     d.stream_weights = {}  # stream name -> sampling weight (default 1: equal shares, as the original)
     d.mode = "packed"  # "packed" (several examples per row) or "faithful" (one per row, as the original)
     d.row_length = 128  # tokens per row
-    d.targets_per_row = 8  # [MASK] slots per row (packed mode)
+    d.targets_per_row = 8  # target slots per row ([MASK] in packed mode; one_pass: a pair's n+1 queries each)
     d.window = 32  # pairs open at once; a batch interleaves their prefixes (1: a pair's prefixes travel together)
     d.regions_per_row = 48  # image-region slots per row
     d.budgets = {"ic": 64, "mmt": 64, "mt": 512}  # sequence budget per task (text + boxes), as the original
     d.on_bad_record = "skip"  # "skip" (count and log) or "error" (stop at the first bad record)
     d.prefetch = 2  # host batches built ahead in a background thread (0: none)
+
+    # Row shape with objective "one_pass", used instead of data.row_length, data.targets_per_row,
+    # data.regions_per_row and batch.rows_per_device: a segment is n tokens longer than the
+    # pair's longest unrolled example and holds all its n+1 targets.
+    c.one_pass = o = ml_collections.ConfigDict()
+    o.row_length = 256  # tokens per row
+    o.targets_per_row = 96  # query slots per row (a pair takes n+1)
+    o.regions_per_row = 96  # image-region slots per row
+    o.rows_per_device = 8  # rows per data-parallel device per micro-batch
 
     c.batch = b = ml_collections.ConfigDict()
     b.rows_per_device = 8  # rows per data-parallel device (data x fsdp) per micro-batch

@@ -31,10 +31,14 @@ def test_a_given_store_is_used_as_it_is_and_the_default_one_is_built(tmp_path):
     assert not (root / "features").exists()
     # Pairs whose image the given store lacks are skipped and counted, not rebuilt into it.
     assert data.skips.counts["image without features"] > 0
+    # Each split keeps its own stream's count; together they are the run's.
+    per_stream = [s.skipped for splits in data.splits.values() for s in splits]
+    assert sum(per_stream) == data.skips.total and 0 in per_stream  # text streams need no image
 
     default = datasets.load(data_config(str(root / "manifest.json")), "/unused", lambda task: 96, progress=False)
     assert default.store.path == str(root / "features") and len(default.store) > len(mine)
     assert default.skips.total == 0
+    assert {s.skipped for splits in default.splits.values() for s in splits} == {0}
 
     with pytest.raises(DataError, match="is not a feature store directory"):
         datasets.load(data_config(str(root / "manifest.json"), str(tmp_path / "nowhere")), "/unused",

@@ -11,8 +11,11 @@ import optax
 import pytest
 from flax import nnx
 
-from bertgen_jax import beam as B
-from bertgen_jax import decode as D
+from bertgen_jax import compiles
+from bertgen_jax.decode import beam as B
+from bertgen_jax.decode import engine as E
+from bertgen_jax.decode import greedy as G
+from bertgen_jax.decode import reference as R
 from bertgen_jax import model as M
 from bertgen_jax import vocab
 from bertgen_jax.data.unroll import Pair, fit_budget, unroll
@@ -96,18 +99,18 @@ def rand():
     model's [STOP] margin moves all rows at once): a dozen decodes, one compile."""
     model = random_model()
     bias, stop = np.array(model.mlm_head.bias[...]), np.eye(CFG.vocab_size, dtype=np.float32)[vocab.STOP_ID]
-    project, calls, before = M.Embeddings.regions, [], dict(D.TRACES)
+    project, calls, before = M.Embeddings.regions, [], dict(compiles.COUNTS)
     M.Embeddings.regions = lambda self, batch: calls.append(1) or project(self, batch)
     try:
         lo, hi = -30.0, 30.0
         for _ in range(12):
             mid = (lo + hi) / 2
             model.mlm_head.bias[...] = jnp.asarray(bias + mid * stop)
-            out = D.greedy(model, PAIRS, STORE, max_len=MAX_LEN, batch_size=8)
+            out = G.greedy(model, PAIRS, STORE, max_len=MAX_LEN, batch_size=8)
             lo, hi = (mid, hi) if sum(len(o) == MAX_LEN for o in out) > len(out) // 2 else (lo, mid)
     finally:
         M.Embeddings.regions = project
-    traced = {k: v - before.get(k, 0) for k, v in D.TRACES.items() if v != before.get(k, 0)}
+    traced = {k: v - before.get(k, 0) for k, v in compiles.COUNTS.items() if v != before.get(k, 0)}
     return model, out, traced, len(calls)
 
 
@@ -118,21 +121,21 @@ def repeated_ngrams(ids, n):
 
 def test_each_step_builds_the_training_layout():
     pairs = [PAIRS[0], PAIRS[1], PAIRS[2], PAIRS[4]]
-    ctxs = D.contexts(pairs)
+    ctxs = E.contexts(pairs)
     prefixes = [[], [40, 41, 42], [7], [50, 51]]
-    inp = D._host_inputs(ctxs, STORE.__getitem__, 6, FEAT)  # 2 dummy rows
+    inp = E.host_inputs(ctxs, STORE.__getitem__, 6, FEAT)  # 2 dummy rows
     inp["projected"] = np.zeros(inp["region_features"].shape[:2] + (1,), np.float32)
     seq = np.zeros((6, MAX_LEN), np.int32)
     for r, p in enumerate(prefixes):
         seq[r, :len(p)] = p
     t = np.array([len(p) for p in prefixes] + [0, 0], np.int32)
-    layout = jax.jit(D._layout, static_argnums=3)  # one compile, not one per eager op
+    layout = jax.jit(E.layout, static_argnums=3)  # one compile, not one per eager op
     buffer = {k: np.asarray(v) for k, v in layout(inp, seq, t, 48).items()}
     fields = ("token_ids", "token_kind", "token_type", "positions", "region_index")
     for r, (pair, ctx, prefix) in enumerate(zip(pairs, ctxs, prefixes)):
         want = unroll(Pair(pair.task, pair.tgt_lang, pair.src_ids, np.array(prefix, np.int32),
                            pair.image, pair.num_regions), budget=1000)[-1]
-        got = D.example(ctx, prefix)
+        got = R.example(ctx, prefix)
         present = buffer["token_kind"][r] != M.KIND_PAD
         for f in fields:
             np.testing.assert_array_equal(getattr(got, f), getattr(want, f), err_msg=f)
@@ -143,7 +146,7 @@ def test_each_step_builds_the_training_layout():
         assert present.sum() == len(want.token_ids) and present[:present.sum()].all()
     assert inp["valid"].tolist() == [True] * 4 + [False] * 2
     # A budget cuts source and regions as fit_budget does for a pair with an empty target.
-    cut = D.contexts([PAIRS[1]], budget={"mmt": 12})[0]
+    cut = E.contexts([PAIRS[1]], budget={"mmt": 12})[0]
     src, regions = fit_budget(Pair("mmt", "en", PAIRS[1].src_ids, np.zeros(0, np.int32), 0,
                                    PAIRS[1].num_regions), 12)
     assert (len(cut.head), cut.regions) == (len(src) + 3, regions) and len(src) + regions + 6 <= 12
@@ -151,7 +154,7 @@ def test_each_step_builds_the_training_layout():
 
 def test_greedy_equals_the_reference_loop_on_a_random_model(rand):
     model, out = rand[:2]
-    ref = D.reference_greedy(model, PAIRS, STORE, max_len=MAX_LEN, pad_to_multiple=32)
+    ref = R.reference_greedy(model, PAIRS, STORE, max_len=MAX_LEN, pad_to_multiple=32)
     for i, (a, b) in enumerate(zip(out, ref)):
         np.testing.assert_array_equal(a, b, err_msg=f"pair {i} ({PAIRS[i].task})")
     lengths = [len(o) for o in out]
@@ -171,9 +174,9 @@ def test_one_compile_per_bucket_and_rois_projected_once(rand):
                       ("greedy", (8, 32), 48, 8): 1}
     # Traced once, in the projection: the loop's steps reuse it.
     assert projections == 1
-    before = dict(D.TRACES)
-    again = D.greedy(model, PAIRS[::-1], STORE, max_len=MAX_LEN, batch_size=8)
-    assert dict(D.TRACES) == before
+    before = dict(compiles.COUNTS)
+    again = G.greedy(model, PAIRS[::-1], STORE, max_len=MAX_LEN, batch_size=8)
+    assert dict(compiles.COUNTS) == before
     for a, b in zip(again[::-1], out):
         np.testing.assert_array_equal(a, b)
     # Decoding switched dropout (rate 0.1 here) off in a view: the model keeps its training mode.
@@ -185,7 +188,7 @@ def test_beam_of_one_is_greedy(rand):
     beams = B.beam_search(model, PAIRS, STORE, beam=1, max_len=MAX_LEN, batch_size=8)
     for i, ((ids, score), g) in enumerate(zip(beams, out)):
         np.testing.assert_array_equal(ids, g, err_msg=f"pair {i}")
-    want = D.sequence_logprobs(model, PAIRS, out, STORE, max_len=MAX_LEN)
+    want = R.sequence_logprobs(model, PAIRS, out, STORE, max_len=MAX_LEN)
     np.testing.assert_allclose([score for _, score in beams], want, atol=1e-4)
 
 
@@ -200,7 +203,7 @@ def test_beam_as_wide_as_the_vocabulary_finds_the_best_sequence(length_penalty):
     words = [y for y in range(v) if y != stop]
     lengths = set()
     for pair, (ids, score) in zip(pairs, beams):
-        logp = D.next_token_logprobs(model, [pair] * v, [[]] + [[y] for y in words], STORE)  # [V, V]
+        logp = R.next_token_logprobs(model, [pair] * v, [[]] + [[y] for y in words], STORE)  # [V, V]
         hyps = [((), logp[0, stop], 1)]
         for row, y in enumerate(words, start=1):
             hyps.append(((y,), logp[0, y] + logp[row, stop], 2))
@@ -234,10 +237,9 @@ STREAMS = ("ic_en", "mmt_de-en", "mt_en-de", "mt_en-fr")
 TW_MAX_LEN = 20  # short: few buffer lengths, so few compiles per decoder
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained 250 steps on two ToyWorld pairs of each of four streams (IC, MMT,
-    2 MT), those pairs, two test pairs per stream and its greedy outputs on all of them."""
+def train_tiny(root: str, objective: str = "unrolled", steps: int = 250):
+    """A tiny model trained `steps` steps on two ToyWorld pairs of each of four streams (IC,
+    MMT, 2 MT) with `objective`; (model, store, tokenizer, those pairs, two test pairs per stream)."""
     from bertgen_jax import toyworld
     from bertgen_jax.data.pipeline import BatchIterator, Stream
     from bertgen_jax.data.prepare import prepare_annotations
@@ -245,7 +247,6 @@ def trained(tmp_path_factory):
     from bertgen_jax.data.streams import stream_pairs
     from bertgen_jax.objective import mean_loss
 
-    root = str(tmp_path_factory.mktemp("toyworld_decode"))
     manifest = toyworld.generate(root, seed=0, scale="tiny", feature_dim=TW_FEAT)
     files = sorted({os.path.join(root, s["file"]) for s in manifest["streams"] if s["format"] == "jsonl"})
     store = prepare_annotations(files, os.path.join(root, "store"), progress=False)
@@ -270,23 +271,32 @@ def trained(tmp_path_factory):
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    batches = BatchIterator(train, store, RowSpec(128, 24, 24, TW_FEAT), 8, budget_for=TW_BUDGETS, seed=0)
+    one_pass = objective == "one_pass"
+    spec = RowSpec(128, 48 if one_pass else 24, 24, TW_FEAT, attention_rank=one_pass)
+    batches = BatchIterator(train, store, spec, 8, budget_for=TW_BUDGETS, seed=0, objective=objective)
     opt_state, losses = jax.jit(tx.init)(params), []
-    for _ in range(250):
+    for _ in range(steps):
         params, opt_state, loss = step(params, opt_state, next(batches))
         losses.append(loss)
     nnx.update(model, params)
     losses = np.asarray(losses)
-    print(f"trained: loss {np.mean(losses[:10]):.2f} -> {np.mean(losses[-10:]):.2f}")
-    seen = [p for s in train for p in s.pairs]
-    out = D.greedy(model, seen + test, store, max_len=TW_MAX_LEN, batch_size=16)
+    print(f"trained ({objective}): loss {np.mean(losses[:10]):.2f} -> {np.mean(losses[-10:]):.2f}")
+    return model, store, tok, [p for s in train for p in s.pairs], test
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained 250 steps on two ToyWorld pairs of each of four streams (IC, MMT,
+    2 MT), those pairs, two test pairs per stream and its greedy outputs on all of them."""
+    model, store, tok, seen, test = train_tiny(str(tmp_path_factory.mktemp("toyworld_decode")))
+    out = G.greedy(model, seen + test, store, max_len=TW_MAX_LEN, batch_size=16)
     return model, store, tok, seen, test, out
 
 
 def test_greedy_equals_the_reference_loop_on_a_trained_model(trained):
     model, store, tok, seen, test, out = trained
     pairs = seen + test
-    ref = D.reference_greedy(model, pairs, store, max_len=TW_MAX_LEN, pad_to_multiple=32)
+    ref = R.reference_greedy(model, pairs, store, max_len=TW_MAX_LEN, pad_to_multiple=32)
     for i, (a, b) in enumerate(zip(out, ref)):
         np.testing.assert_array_equal(a, b, err_msg=f"pair {i} ({pairs[i].task})")
     for p, o in zip(pairs, out):
@@ -305,7 +315,7 @@ def test_beam_scores_at_least_greedy_on_a_trained_model(trained):
     pairs, max_len = seen + test, TW_MAX_LEN
     beams = B.beam_search(model, pairs, store, beam=4, max_len=max_len, batch_size=16, length_penalty=0.0)
     beam_scores = np.array([s for _, s in beams])
-    scores = D.sequence_logprobs(model, pairs * 2, out + [ids for ids, _ in beams], store, max_len=max_len)
+    scores = R.sequence_logprobs(model, pairs * 2, out + [ids for ids, _ in beams], store, max_len=max_len)
     greedy_scores = scores[:len(pairs)]
     np.testing.assert_allclose(beam_scores, scores[len(pairs):], atol=1e-3)  # what beam reports
     print(f"mean logprob: beam 4 {beam_scores.mean():.3f}, greedy {greedy_scores.mean():.3f}")

@@ -7,8 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from bertgen_jax import evaluate, metrics, vocab
-from bertgen_jax import toyworld
+from bertgen_jax import evaluate, metrics
+from bertgen_jax import toyworld, vocab
+from bertgen_jax.data import datasets
 from bertgen_jax.data.prepare import prepare_annotations
 from bertgen_jax.data.unroll import Pair
 
@@ -24,12 +25,17 @@ def world(tmp_path_factory):
             metrics.meteor_process(metrics.meteor_command(lang)[0])
     root = tmp_path_factory.mktemp("toyworld")
     manifest = toyworld.generate(str(root), seed=0, scale="tiny", feature_dim=24)
-    files = sorted({str(root / s["file"]) for s in manifest["streams"] if s["format"] == "jsonl"})
-    store = prepare_annotations(files, str(root / "store"), on_bad_record="error", progress=False)
-    tok = vocab.load_tokenizer(str(root / manifest["vocab"]))
-    stores = {s["features"]: store for s in manifest["streams"] if s["format"] == "jsonl"}
-    sets = evaluate.eval_sets_from_manifest(str(root / "manifest.json"), str(root), tok, stores)
-    return root, manifest, tok, sets
+    # A budget of 512 (BERT's positions) drops nothing: a test set must not shrink to a training budget.
+    data = datasets.load(data_config(str(root / "manifest.json")), "/unused", lambda task: 512,
+                         splits=("test",))
+    return root, manifest, data.tokenizer, data.splits["test"]
+
+
+def data_config(manifest, features_dir=""):
+    from configs import multitask
+    config = multitask.get_config("tiny")
+    config.data.manifest, config.data.features_dir = manifest, features_dir
+    return config.data
 
 
 def oracle(sets):
@@ -63,8 +69,24 @@ def test_eval_sets_are_the_manifest_test_streams(world):
         else:
             assert len(inputs) == e["count"] and all(len(r) == 1 for r in refs)
     assert {s.name for s in sets if s.zero_shot} == {"ic_fr", "mmt_de-fr", "mmt_fr-de", "mt_de-fr", "mt_fr-de"}
-    with pytest.raises(ValueError, match=r"ic_en \(test\): no feature store for its features file 'test_frcnn.zip'"):
-        evaluate.eval_sets_from_manifest(manifest, str(root), tok, {})
+
+
+def test_a_set_whose_images_the_store_lacks_counts_them_as_skipped_and_is_left_out(world, tmp_path, caplog):
+    root, manifest, tok, _ = world
+    train_files = sorted({str(root / e["file"]) for e in manifest["streams"]
+                          if e["format"] == "jsonl" and e["split"] == "train"})
+    prepare_annotations(train_files, str(tmp_path / "train_only"), progress=False)  # no test image in it
+    data = datasets.load(data_config(str(root / "manifest.json"), str(tmp_path / "train_only")), "/unused",
+                         lambda task: 512, splits=("test",))
+    entries = [e for e in manifest["streams"] if e["split"] == "test"]
+    for s, e in zip(data.splits["test"], entries):
+        assert (len(s.pairs), s.skipped) == ((0, e["count"]) if e["format"] == "jsonl" else (e["count"], 0))
+    mt = [s for s in data.splits["test"] if s.task == "mt"]
+    ic = next(s for s in data.splits["test"] if s.name == "ic_en")
+    decode_fn, _ = oracle(mt)
+    found = evaluate.evaluate_sets(decode_fn, [ic, mt[0]], tok)
+    assert [r["name"] for r in found.rows] == ["mt_en-de", "mt_en-de (copy source)"]
+    assert "eval set ic_en is empty: skipped" in caplog.text
 
 
 def test_image_derangement_moves_every_image_with_its_regions():
@@ -84,8 +106,11 @@ def test_image_derangement_moves_every_image_with_its_regions():
 def test_evaluate_sets_with_an_oracle_decoder(world, tmp_path):
     root, manifest, tok, sets = world
     decode_fn, calls = oracle(sets)
-    rows = evaluate.evaluate_sets(decode_fn, sets, tok, out_dir=str(tmp_path), step=7, seed=0)
+    found = evaluate.evaluate_sets(decode_fn, sets, tok, out_dir=str(tmp_path), step=7, seed=0)
+    rows = found.rows
     by = {r["name"]: r for r in rows}
+    samples = {x.name: x for x in found.samples}
+    assert [x.name for x in found.samples] == [r["name"] for r in rows]
     visual = [s for s in sets if s.task in ("ic", "mmt")]
     copied = [s for s in sets if s.task in ("mt", "mmt")]
     assert len(rows) == len(sets) + len(visual) + len(copied) == 18 + 10 + 14
@@ -102,10 +127,19 @@ def test_evaluate_sets_with_an_oracle_decoder(world, tmp_path):
             assert row["meteor"] is None and "java" in row["meteor_note"]
         assert (row["direction"], row["zero_shot"], row["step"]) == (
             f"{s.src or 'image'}->{s.tgt}", s.zero_shot, 7)
+        # What was decoded comes back for text samples: the inputs, their outputs and references.
+        inputs, ref_ids = evaluate.decode_inputs(s)
+        model = samples[s.name]
+        assert [id(p) for p in model.inputs] == [id(p) for p in inputs] and model.refs == [[metrics.ids_to_text(tok, r) for r in rs] for rs in ref_ids]
+        assert model.hyps == (tmp_path / "hyps" / "7" / f"{s.name}.txt").read_text().splitlines()
         if s in visual:
             shuffled = by[f"{s.name} (shuffled images)"]
             assert shuffled["n"] == row["n"] and shuffled["bleu"] < 60
             assert shuffled["delta_bleu"] == pytest.approx(shuffled["bleu"] - 100.0)
+            moved = samples[f"{s.name} (shuffled images)"]
+            assert [p.image for p in moved.inputs] == [p.image for p in evaluate.derange_images(inputs, 0)]
+            assert moved.refs == model.refs
+            assert moved.hyps == (tmp_path / "hyps" / "7" / f"{s.name}.shuffled.txt").read_text().splitlines()
         if s in copied:
             copy = by[f"{s.name} (copy source)"]
             hyps = [metrics.ids_to_text(tok, p.src_ids) for p in s.pairs]
@@ -113,6 +147,7 @@ def test_evaluate_sets_with_an_oracle_decoder(world, tmp_path):
             assert copy["bleu"] == pytest.approx(metrics.sacre_bleu(hyps, refs)["bleu"])
             assert copy["bleu"] < 50 and copy["delta_bleu"] == pytest.approx(copy["bleu"] - 100.0)
             assert (tmp_path / "hyps" / "7" / f"{s.name}.copy.txt").read_text().splitlines() == hyps
+            assert samples[f"{s.name} (copy source)"].hyps == hyps
     # Captioning: in the shuffled run every image gets another image's caption, never "".
     assert all(x for x in (tmp_path / "hyps/7/ic_en.shuffled.txt").read_text().splitlines())
     # MMT: the oracle knows no (source, other image) pair, so every shuffled output is empty.
@@ -145,7 +180,7 @@ def test_an_alternative_decoder_gets_a_row_beside_the_model_row(world, tmp_path)
     decode_fn, _ = oracle(sets)
     half = lambda pairs: [ids[:len(ids) // 2] for ids in decode_fn(pairs)]  # noqa: E731
     mt = [s for s in sets if s.name == "mt_en-de"]
-    rows = evaluate.evaluate_sets(decode_fn, mt, tok, out_dir=str(tmp_path), step=3, alternatives={"beam 4": half})
+    rows = evaluate.evaluate_sets(decode_fn, mt, tok, out_dir=str(tmp_path), step=3, alternatives={"beam 4": half}).rows
     assert [r["name"] for r in rows] == ["mt_en-de", "mt_en-de (copy source)", "mt_en-de (beam 4)"]
     alt = rows[-1]
     hyps = [metrics.ids_to_text(tok, ids) for ids in half(mt[0].pairs)]

@@ -1,6 +1,7 @@
 """generate.py: a workdir checkpoint or an exported directory back into the same model, and
 the API and CLI giving exactly the decoder's outputs."""
 
+import dataclasses
 import os
 
 import grain
@@ -63,6 +64,48 @@ def test_export_and_workdir_checkpoint_load_the_same_model(world, tmp_path):
         generate.Generator.load(str(tmp_path))
 
 
+def save_workdir(workdir, vocab_file, params_by_step):
+    """A workdir as the trainer leaves it, its Checkpoints opened on the path as given."""
+    os.makedirs(os.path.expanduser(workdir), exist_ok=True)
+    save_model_files(workdir, CFG, vocab_file)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), every=1, keep=3, use_async=True)
+    for step, params in params_by_step.items():
+        data = iter(grain.MapDataset.range(4).to_iter_dataset())
+        checkpoints.save(step, params, {"count": np.zeros((), np.int32)}, data, force=True)
+    checkpoints.close()
+
+
+def test_relative_and_home_paths_and_chosen_steps(world, tmp_path, monkeypatch):
+    root, store, model, vocab_file = world
+    later = jax.tree.map(lambda x: x + 1.0, params_of(model))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_workdir("runs/x", vocab_file, {3: params_of(model), 7: later})  # relative, as typed
+    assert sorted(int(s) for s in os.listdir(tmp_path / "runs/x/checkpoints")) == [3, 7]
+    for path in ("runs/x", "~/runs/x", "./runs/../runs/x"):
+        latest = params_of(generate.Generator.load(path).model)
+        la, ta = jax.tree.flatten(latest)
+        lb, tb = jax.tree.flatten(later)
+        assert ta == tb and all(np.array_equal(a, b) for a, b in zip(la, lb))
+    assert_same_params(generate.Generator.load("~/runs/x", step=3).model, model)
+    # The CLI with relative paths on both sides, then the export read back through `~`.
+    assert generate.main(["--model", "runs/x", "--step", "3", "--export", "exported"]) == 0
+    assert sorted(os.listdir(tmp_path / "exported")) == ["model_config.json", "params.safetensors", "vocab.txt"]
+    assert_same_params(generate.Generator.load("~/exported").model, model)
+    with pytest.raises(ValueError, match="exported model .* drop --step"):
+        generate.Generator.load("exported", step=3)
+
+
+def test_export_that_does_not_match_its_config_is_a_one_line_error(world, tmp_path):
+    root, store, model, vocab_file = world
+    generate.Generator(model, vocab_file, store).export(str(tmp_path / "m"))
+    save_model_files(str(tmp_path / "m"), dataclasses.replace(CFG, intermediate_size=48), vocab_file)
+    with pytest.raises(ValueError, match=r"params\.safetensors: parameter layers/0/intermediate/bias is "
+                       r"shape \(64,\) there but the model's model_config\.json gives shape \(48,\)") as err:
+        generate.Generator.load(str(tmp_path / "m"))
+    assert "\n" not in str(err.value)
+
+
 def test_api_and_cli_give_the_decoders_outputs(world, tmp_path, capsys):
     root, store, model, vocab_file = world
     gen = generate.Generator(model, vocab_file, store)
@@ -70,14 +113,14 @@ def test_api_and_cli_give_the_decoders_outputs(world, tmp_path, capsys):
     images = list(store.ids[:3])
     pairs = [Pair("ic", "de", np.zeros(0, np.int32), np.zeros(0, np.int32), store.index(i),
                   store.num_boxes(store.index(i))) for i in images]
-    want = [ids_to_text(gen.tokenizer, ids) for ids in decode.greedy(model, pairs, store, max_len=12)]
+    want = [ids_to_text(gen.tokenizer, ids) for ids in decode.generate(model, pairs, store, max_len=12)]
     assert gen.caption(images, "de", max_len=12) == want
 
     sources = ["a red ball", "two small cubes"]
     mt = gen.translate(sources, "fr", max_len=12)
     src_ids = [np.asarray(gen.tokenizer.encode(s, add_special_tokens=False), np.int32) for s in sources]
     mt_pairs = [Pair("mt", "fr", s, np.zeros(0, np.int32)) for s in src_ids]
-    assert mt == [ids_to_text(gen.tokenizer, i) for i in decode.greedy(model, mt_pairs, max_len=12)]
+    assert mt == [ids_to_text(gen.tokenizer, i) for i in decode.generate(model, mt_pairs, max_len=12)]
     mmt = gen.translate(sources, "fr", images[:2], max_len=12)
     assert len(mmt) == 2
 

@@ -117,7 +117,7 @@ def eight_device_checks():
     def logits(state, batch):
         return nnx.merge(graph, state)(batch, batch["mask_positions"])
 
-    keys = [k for k in layout.BATCH_KEYS] + ["mask_positions"]
+    keys = [k for k in layout.BATCH_KEYS if k in host] + ["mask_positions"]
     host = {k: host[k] for k in keys}
     step = jax.jit(logits, in_shardings=(shardings, S.batch_sharding(mesh)))
     sharded = step(sharded_state, S.global_batch(host, mesh))

@@ -104,3 +104,6 @@ def test_visual_streams_need_a_store_and_known_languages(world):
         stream_pairs(entry, str(root), tok, None, budget=96)
     with pytest.raises(ValueError, match="unknown target language 'xx'"):
         stream_pairs(dict(entry, tgt="xx"), str(root), tok, store, budget=96)
+    with pytest.raises(ValueError, match=r"^stream ic_en: unknown format 'csv'; expected one of "
+                                         r"\('jsonl', 'karpathy', 'text'\)$"):
+        stream_pairs(dict(entry, format="csv"), str(root), tok, store, budget=96)

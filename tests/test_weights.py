@@ -1,5 +1,7 @@
 """Weight porting: parity with transformers, VL-BERT/BERTGEN checkpoints, hybrid split, export."""
 
+import dataclasses
+import logging
 import re
 
 import jax.numpy as jnp
@@ -10,6 +12,7 @@ from flax import nnx
 
 from bertgen_jax import model as M
 from bertgen_jax import vocab, weights
+from bertgen_jax.errors import ConfigError
 from conftest import padded_ids, perturb_
 
 # Sizes come from the checkpoints; VL-BERT files do not record the head count.
@@ -201,6 +204,53 @@ def test_bertgen_checkpoint_reports_missing_parts(tmp_path, vlbert_file):
     assert sorted(report.missing) == ["embeddings.visual_ln_object.bias", "embeddings.visual_ln_object.weight"]
 
 
+def test_head_count_comes_from_a_config_or_must_be_passed(vlbert_file, tiny_hf_dir):
+    path, _ = vlbert_file
+    unset = dataclasses.replace(TINY_VISUAL, num_heads=0)
+    with pytest.raises(ConfigError) as err:
+        weights.init_model(unset, "bertgen", bertgen_path=path)
+    assert str(err.value) == (f"{path}: the checkpoint does not record num_heads; pass model.num_heads=N "
+                              "(N divides hidden_size 32; BERT-base has 12)")
+    # A count that cannot fit the checkpoint's width is refused, not swapped for a guess (was 32 // 64 -> 1).
+    with pytest.raises(ConfigError) as err:
+        weights.init_model(dataclasses.replace(TINY_VISUAL, num_heads=12), "visual", vlbert_path=path)
+    assert str(err.value) == (f"{path}: the checkpoint does not record num_heads and model.num_heads=12 does "
+                              "not divide hidden_size 32; pass model.num_heads=N that divides it")
+    with pytest.raises(ConfigError) as err:
+        weights.init_model(M.ModelConfig(hidden_size=32, num_heads=0), "random")
+    assert str(err.value) == ("init random: model.num_heads is not set; pass model.num_heads=N "
+                              "(N divides hidden_size 32; BERT-base has 12)")
+    # Passed, it is the count used; a Hugging Face config.json's count needs nothing passed.
+    assert weights.init_model(dataclasses.replace(TINY_VISUAL, num_heads=8), "bertgen",
+                              bertgen_path=path)[1].num_heads == 8
+    assert weights.init_model(M.ModelConfig(num_heads=0), "bert", bert_path=tiny_hf_dir)[1].num_heads == 4
+
+
+def test_original_pretraining_tables_are_ignored_not_unexpected(tmp_path, vlbert_file, caplog):
+    path, sd = vlbert_file
+    gen = torch.Generator().manual_seed(1)
+    # The original's masked-region tables, under both prefixes a state dict may give them.
+    extra = {"module.object_mask_visual_embedding.weight": torch.randn(1, 2048, generator=gen),
+             "module.aux_text_visual_embedding.weight": torch.randn(1, 32, generator=gen),
+             "module.vlbert.object_mask_visual_embedding.weight": torch.randn(1, 2048, generator=gen),
+             "module.vlbert.aux_text_visual_embedding.weight": torch.randn(1, 32, generator=gen),
+             "module.vlbert.mvrc_head.region_cls_pred.weight": torch.randn(5, 32, generator=gen)}
+    state = {k: torch.tensor(v) for k, v in sd.items()} | extra
+    torch.save({"state_dict": state}, tmp_path / "bertgen.model")
+    with caplog.at_level(logging.INFO, logger="bertgen_jax.weights"):
+        model, _, report = weights.init_model(TINY_VISUAL, "bertgen", bertgen_path=str(tmp_path / "bertgen.model"))
+    assert report.unexpected == [] and report.missing == []
+    assert sorted(report.ignored) == sorted([*extra, "module.vlbert.mlm_head.predictions.decoder.weight"])
+    ignored_line = next(line for line in caplog.text.splitlines() if "ignored: " in line)
+    assert all(key in ignored_line for key in extra)
+    # Otherwise the same model as from the checkpoint without them.
+    plain, _, _ = weights.init_model(TINY_VISUAL, "bertgen", bertgen_path=path)
+    ours, want = params_of(model), params_of(plain)
+    assert ours.keys() == want.keys()
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], want[name], err_msg=name)
+
+
 def test_old_names_in_a_torch_bin_load_like_safetensors(tmp_path, tiny_hf_dir):
     from safetensors.numpy import load_file
     sd = load_file(f"{tiny_hf_dir}/model.safetensors")
@@ -209,7 +259,8 @@ def test_old_names_in_a_torch_bin_load_like_safetensors(tmp_path, tiny_hf_dir):
     assert any(k.endswith("gamma") for k in old)
     torch.save(old, tmp_path / "pytorch_model.bin")
     a, _, _ = weights.init_model(M.ModelConfig(), "bert", bert_path=tiny_hf_dir)
-    b, _, rep = weights.init_model(M.ModelConfig(), "bert", bert_path=str(tmp_path))
+    # A bare .bin has no config.json beside it: the head count is passed.
+    b, _, rep = weights.init_model(M.ModelConfig(num_heads=4), "bert", bert_path=str(tmp_path))
     assert not rep.unexpected
     pa, pb = params_of(a), params_of(b)
     for name in pa:

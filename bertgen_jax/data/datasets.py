@@ -28,13 +28,15 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Split:
-    """One stream of one split: a manifest entry and its tokenized pairs."""
+    """One stream of one split: a manifest entry and its tokenized pairs. `skipped` counts the
+    records its reader dropped (bad, or over the budget), so scores can say what they cover."""
     name: str
     task: str
     src: str | None
     tgt: str
     zero_shot: bool
     pairs: list[Pair]
+    skipped: int = 0
 
 
 @dataclasses.dataclass
@@ -81,7 +83,14 @@ def load(data, workdir: str, budget_for, splits=("train", "val", "test"),
     if unknown:
         raise ConfigError(f"data.train_streams names {sorted(unknown)}, not train streams of {path}; "
                           f"it has {sorted({e['name'] for e in manifest['streams'] if e['split'] == 'train'})}")
+    entries = [e for e in entries if not (e["split"] == "train" and wanted and e["name"] not in wanted)]
     jsonl = sorted({_resolve(root, e["file"]) for e in manifest["streams"] if e["format"] == "jsonl"})
+    karpathy = [e["name"] for e in entries if e["format"] == "karpathy"]
+    if karpathy and not data.features_dir:
+        # Karpathy files name images only; their features cannot be built from the manifest.
+        raise ConfigError(f"{path}: streams {karpathy} have format 'karpathy', whose features come from a "
+                          "store you prepare (python -m bertgen_jax.data.prepare --tsv ... --out DIR); "
+                          "set data.features_dir=DIR")
     store = None
     if data.features_dir:  # a store the user prepared (annotations or TSV): used as it is, never rebuilt
         store = FeatureStore(os.path.abspath(os.path.expanduser(data.features_dir)))
@@ -91,12 +100,12 @@ def load(data, workdir: str, budget_for, splits=("train", "val", "test"),
     skips = SkipCounter()
     out: dict[str, list[Split]] = {s: [] for s in splits}
     for e in entries:
-        if e["split"] == "train" and wanted and e["name"] not in wanted:
-            continue
+        own = SkipCounter()
         pairs = stream_pairs(e, root, tokenizer, store, budget_for(e["task"]),
-                             on_bad_record=data.on_bad_record, skips=skips)
+                             on_bad_record=data.on_bad_record, skips=own)
+        skips.merge(own)
         out[e["split"]].append(Split(e["name"], e["task"], e.get("src"), e["tgt"],
-                                     bool(e.get("zero_shot")), pairs))
+                                     bool(e.get("zero_shot")), pairs, own.total))
     if skips.total:
         log.warning("data: skipped records: %s", skips.summary())
     return Datasets(root, manifest, tokenizer, vocab_file, store, out, skips)

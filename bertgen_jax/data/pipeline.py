@@ -1,6 +1,7 @@
 """Multitask mixing: task streams of tokenized pairs -> fixed-shape host batches, resumable.
 
-The mixing unit is a pair and its n+1 unrolled prefixes, which come in prefix order. A
+The mixing unit is a pair and its n+1 unrolled prefixes, which come in prefix order (with
+objective "one_pass", a pair is one segment holding all n+1 targets: data/one_pass.py). A
 window of W pairs is open at a time; each batch is built from scratch by taking the next
 prefix of each open pair in turn (round robin) and placing it into the batch's rows, first
 fit; a pair whose prefixes are all placed makes room for a newly drawn one. An example that
@@ -31,6 +32,7 @@ import grain
 import grain.experimental
 import numpy as np
 
+from bertgen_jax.data.one_pass import OBJECTIVES, one_pass
 from bertgen_jax.data.records import Regions
 from bertgen_jax.data.rows import MODES, RowFiller, RowSpec, assemble_row, stack_rows
 from bertgen_jax.data.unroll import Example, Pair, unroll
@@ -82,10 +84,14 @@ class BatchIterator(grain.DatasetIterator):
     def __init__(self, streams: Sequence[Stream], regions, spec: RowSpec, rows_per_batch: int,
                  mode: str = "packed", budget_for: Mapping[str, int] | Callable[[str], int] = None,
                  seed: int = 0, process_index: int = 0, process_count: int = 1, train: bool = True,
-                 window: int = 1):
+                 window: int = 1, objective: str = "unrolled"):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"row mode {mode!r} is not one of {MODES}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective {objective!r} is not one of {OBJECTIVES}")
+        if (objective == "one_pass") != spec.attention_rank:
+            raise ValueError(f"objective {objective!r} needs RowSpec(attention_rank={objective == 'one_pass'})")
         if rows_per_batch < 1 or spec.targets < 1:
             raise ValueError(f"need at least one row and one target slot per row, got "
                              f"rows_per_batch={rows_per_batch}, spec.targets={spec.targets}")
@@ -101,7 +107,7 @@ class BatchIterator(grain.DatasetIterator):
         budget_for = DEFAULT_BUDGETS if budget_for is None else budget_for
         self.budget_for = budget_for.__getitem__ if isinstance(budget_for, Mapping) else budget_for
         self.streams, self.spec, self.mode, self.train = list(streams), spec, mode, train
-        self.rows_per_batch, self.seed, self.window = rows_per_batch, seed, window
+        self.rows_per_batch, self.seed, self.window, self.objective = rows_per_batch, seed, window, objective
         self.process_index, self.process_count = process_index, process_count
         self.regions_of = regions_reader(regions)
         # This process's pairs of each stream, as indices into stream.pairs.
@@ -120,8 +126,10 @@ class BatchIterator(grain.DatasetIterator):
 
     def _layout(self) -> dict:
         """What a state must have been saved with to be restored here."""
-        return {"version": STATE_VERSION, "streams": [s.name for s in self.streams],
-                "process": [self.process_index, self.process_count], "window": self.window}
+        layout = {"version": STATE_VERSION, "streams": [s.name for s in self.streams],
+                  "process": [self.process_index, self.process_count], "window": self.window}
+        # Only a one-pass state names its objective, so states saved before it existed restore.
+        return {**layout, "objective": self.objective} if self.objective != "unrolled" else layout
 
     def get_state(self) -> dict:
         """Plain ints and lists (JSON-able, same shapes throughout): per-stream epoch, position
@@ -175,21 +183,26 @@ class BatchIterator(grain.DatasetIterator):
     def _pair(self, s: int, i: int) -> Pair:
         return self.streams[s].pairs[self.local[s][i]]
 
-    def _examples_of(self, s: int, i: int, flip: int) -> list[Example]:
+    def _examples_of(self, s: int, i: int, flip: int) -> list:
         if (s, i, flip) not in self._unrolled:
             pair = self._pair(s, i)
             where = f"stream {self.streams[s].name!r}, pair {self.local[s][i]}"
             try:
-                examples = unroll(pair, self.budget_for(pair.task), flip=bool(flip))
+                if self.objective == "one_pass":
+                    examples = [one_pass(pair, self.budget_for(pair.task), flip=bool(flip))]
+                else:
+                    examples = unroll(pair, self.budget_for(pair.task), flip=bool(flip))
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from err
             longest = examples[-1]
-            if len(longest) > self.spec.length or longest.num_regions > self.spec.regions:
+            if (len(longest) > self.spec.length or longest.num_regions > self.spec.regions
+                    or len(longest.labels) > self.spec.targets):
+                what = "a one-pass segment" if self.objective == "one_pass" else "an unrolled example"
                 raise ValueError(
-                    f"{where}: an unrolled example of {len(longest)} tokens / "
-                    f"{longest.num_regions} regions exceeds the row ({self.spec.length} tokens, "
-                    f"{self.spec.regions} regions): raise the row size or lower the "
-                    f"{pair.task!r} sequence budget")
+                    f"{where}: {what} of {len(longest)} tokens / {longest.num_regions} regions / "
+                    f"{len(longest.labels)} targets exceeds the row ({self.spec.length} tokens, "
+                    f"{self.spec.regions} regions, {self.spec.targets} targets): raise the row size "
+                    f"(data.row_length, data.targets_per_row) or lower the {pair.task!r} sequence budget")
             self._unrolled[s, i, flip] = examples
         return self._unrolled[s, i, flip]
 
@@ -224,7 +237,8 @@ class BatchIterator(grain.DatasetIterator):
                             for members in rows.members])
         batch["stream_ids"] = np.full((self.rows_per_batch, self.spec.targets), -1, np.int32)
         for r, members in enumerate(rows.members):
-            batch["stream_ids"][r, :len(members)] = [stream for _, stream in members]
+            streams = [stream for ex, stream in members for _ in range(len(ex.labels))]
+            batch["stream_ids"][r, :len(streams)] = streams
         return batch
 
     def prefetch(self, buffer_size: int) -> grain.DatasetIterator:

@@ -1,9 +1,11 @@
-"""Fixed-shape rows of unrolled examples: `faithful` (one example per row, padded, as the
-original) or `packed` (several examples per row, each its own attention segment).
+"""Fixed-shape rows of examples: `faithful` (one example per row, padded, as the original) or
+`packed` (several examples per row, each its own attention segment). An example is an unrolled
+prefix (unroll.Example, one target) or a one-pass segment (one_pass.Segment, a pair's n+1
+targets and an attention rank per token).
 
-A row holds L tokens, P `[MASK]` target slots and R region slots. In a packed row the
-examples that use the same image regions (the unrolled prefixes of one pair) share its region
-slots, so an image is stored once per row however many of its prefixes the row holds.
+A row holds L tokens, P target slots and R region slots. In a packed row the examples that use
+the same image regions (the unrolled prefixes of one pair) share its region slots, so an image
+is stored once per row however many of its prefixes the row holds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class RowSpec:
     targets: int  # P [MASK] slots per row (1 is enough in faithful mode)
     regions: int  # R region slots per row
     feature_dim: int
+    attention_rank: bool = False  # rows carry one_pass's attention_rank (layout.BATCH_KEYS)
 
 
 def region_key(ex: Example):
@@ -32,8 +35,8 @@ def region_key(ex: Example):
 
 
 class RowFiller:
-    """Rows filled first fit: an example goes to the first row with room for its tokens, one
-    target slot and its regions (none if the row already holds that image's regions).
+    """Rows filled first fit: an example goes to the first row with room for its tokens, its
+    target slots and its regions (none if the row already holds that image's regions).
     Faithful rows take one example each. The one place the room rule lives."""
 
     def __init__(self, spec: RowSpec, count: int, mode: str):
@@ -41,14 +44,15 @@ class RowFiller:
             raise ValueError(f"row mode {mode!r} is not one of {MODES}")
         self.spec, self.mode = spec, mode
         self.members: list[list[tuple[Example, int]]] = []
-        self.tokens, self.targets, self.regions = (np.zeros(0, np.int64) for _ in range(3))
+        self.tokens, self.targets, self.regions, self.room = (np.zeros(0, np.int64) for _ in range(4))
         self.holders: dict[tuple, np.ndarray] = {}  # region key -> rows that already hold them
         self.open_rows(count)
 
     def open_rows(self, n: int = 1) -> None:
         self.members += [[] for _ in range(n)]
         self.tokens = np.append(self.tokens, np.full(n, self.spec.length))
-        self.targets = np.append(self.targets, np.full(n, self.spec.targets if self.mode == "packed" else 1))
+        self.targets = np.append(self.targets, np.full(n, self.spec.targets))
+        self.room = np.append(self.room, np.full(n, self.spec.targets if self.mode == "packed" else 1))  # examples
         self.regions = np.append(self.regions, np.full(n, self.spec.regions))
         for key, rows in self.holders.items():
             self.holders[key] = np.append(rows, np.zeros(n, bool))
@@ -59,13 +63,14 @@ class RowFiller:
         need = np.full(len(self.members), ex.num_regions if key is not None else 0)
         if key in self.holders:
             need[self.holders[key]] = 0  # shared with the examples of that image already there
-        fits = (self.tokens >= len(ex)) & (self.targets >= 1) & (self.regions >= need)
+        fits = (self.tokens >= len(ex)) & (self.targets >= len(ex.labels)) & (self.room >= 1) & (self.regions >= need)
         if not fits.any():
             return False
         r = int(np.argmax(fits))
         self.members[r].append((ex, tag))
         self.tokens[r] -= len(ex)
-        self.targets[r] -= 1
+        self.targets[r] -= len(ex.labels)
+        self.room[r] -= 1
         self.regions[r] -= need[r]
         if key is not None:
             self.holders.setdefault(key, np.zeros(len(self.members), bool))[r] = True
@@ -76,9 +81,10 @@ def plan_rows(examples: list[Example], spec: RowSpec, mode: str = "packed") -> l
     """Indices of `examples` for each row, first fit over all rows opened so far."""
     filler = RowFiller(spec, 0, mode)
     for i, ex in enumerate(examples):
-        if len(ex) > spec.length or ex.num_regions > spec.regions:
-            raise ValueError(f"example of {len(ex)} tokens / {ex.num_regions} regions exceeds the row "
-                             f"({spec.length} tokens, {spec.regions} regions): raise the row size")
+        if len(ex) > spec.length or ex.num_regions > spec.regions or len(ex.labels) > spec.targets:
+            raise ValueError(f"example of {len(ex)} tokens / {ex.num_regions} regions / {len(ex.labels)} "
+                             f"targets exceeds the row ({spec.length} tokens, {spec.regions} regions, "
+                             f"{spec.targets} targets): raise the row size")
         if not filler.add(ex, i):
             filler.open_rows(1)
             filler.add(ex, i)
@@ -97,7 +103,9 @@ def assemble_row(examples: list[Example], spec: RowSpec, regions_of) -> dict[str
     row["mask_positions"] = np.zeros(P, np.int32)
     row["labels"] = np.zeros(P, np.int32)
     row["label_weights"] = np.zeros(P, np.float32)
-    slots, at, used = {}, 0, 0
+    if spec.attention_rank:
+        row["attention_rank"] = np.zeros(L, np.int32)
+    slots, at, used, tslot = {}, 0, 0, 0
     for seg, ex in enumerate(examples, start=1):
         key = region_key(ex)
         if key is not None and key not in slots:
@@ -117,12 +125,16 @@ def assemble_row(examples: list[Example], spec: RowSpec, regions_of) -> dict[str
         row["segment_ids"][span] = seg
         offset = slots[key] if key is not None else 0
         row["region_index"][span] = np.where(ex.region_index >= 0, ex.region_index + offset, -1)
-        row["mask_positions"][seg - 1] = at + ex.mask_index
-        row["labels"][seg - 1] = ex.label
-        row["label_weights"][seg - 1] = 1.0
-        at += n
-    if at > L or len(examples) > P or used > R:
-        raise ValueError(f"row overflow: {at}/{L} tokens, {len(examples)}/{P} targets, {used}/{R} regions")
+        if spec.attention_rank and ex.attention_rank is not None:
+            row["attention_rank"][span] = ex.attention_rank
+        k = len(ex.labels)
+        if tslot + k <= P:
+            row["mask_positions"][tslot:tslot + k] = at + ex.mask_indices
+            row["labels"][tslot:tslot + k] = ex.labels
+            row["label_weights"][tslot:tslot + k] = 1.0
+        at, tslot = at + n, tslot + k
+    if at > L or tslot > P or used > R:
+        raise ValueError(f"row overflow: {at}/{L} tokens, {tslot}/{P} targets, {used}/{R} regions")
     return row
 
 

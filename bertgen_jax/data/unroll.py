@@ -56,6 +56,17 @@ class Example:
     def __len__(self):
         return len(self.token_ids)
 
+    # The interface rows.py shares with one_pass.Segment: target slots and attention rank.
+    @property
+    def mask_indices(self) -> np.ndarray:
+        return np.array([self.mask_index], np.int32)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([self.label], np.int32)
+
+    attention_rank = None  # full attention within the example
+
 
 def fit_budget(pair: Pair, budget: int) -> tuple[np.ndarray, int]:
     """(source ids, regions) cut so the longest unrolled example has at most `budget` tokens.

@@ -1,0 +1,45 @@
+"""Decoding: `generate` is the one entry (train, evaluate and generate.py call it).
+
+  engine.py     buffers, the layout each step builds, stages, RoIs projected once per batch
+  greedy.py     greedy search with refill (the original's decoding, batched and jitted)
+  beam.py       beam search (beyond the original), length penalty, n-gram blocking
+  cached.py     greedy and beam search of a one-pass model, with a key/value cache
+  reference.py  the original's plain loop, teacher-forced scoring, and one-pass decoding
+                without a cache: what tests and benchmarks compare the decoders with
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bertgen_jax.data.one_pass import OBJECTIVES
+from bertgen_jax.decode import cached, engine  # noqa: F401 (engine: for callers that size buffers)
+from bertgen_jax.decode.beam import beam_search
+from bertgen_jax.decode.greedy import greedy as greedy_search
+
+
+def generate(model, pairs, regions=None, *, beam=1, max_len=150, batch_size=32, budget=None,
+             length_penalty=1.0, no_repeat_ngram=0, objective=None) -> list[np.ndarray]:
+    """Output ids (no [STOP]) for each pair, in input order: greedy search when beam == 1, beam
+    search of that width otherwise. regions: a feature store or image -> (boxes, features, wh);
+    budget: int or {task: int} context tokens (see engine.py).
+
+    The decoder follows the objective the model was trained with (model.cfg.objective): the
+    original's layout for "unrolled", the cached one-pass decoder for "one_pass". `objective`,
+    when given, must agree with it."""
+    trained = model.cfg.objective
+    if trained not in OBJECTIVES or (objective is not None and objective not in OBJECTIVES):
+        raise ValueError(f"objective {objective or trained!r} is not one of {OBJECTIVES}")
+    if objective is not None and objective != trained:
+        raise ValueError(f"this model was trained with objective={trained!r} and cannot be decoded as "
+                         f"{objective!r}: its model_config.json decides the decoder")
+    if beam < 1:
+        raise ValueError(f"beam={beam}: 1 (greedy) or more (beam width)")
+    one_pass = trained == "one_pass"
+    if beam == 1:
+        search = cached.greedy if one_pass else greedy_search
+        return search(model, pairs, regions, max_len=max_len, batch_size=batch_size, budget=budget)
+    search = cached.beam_search if one_pass else beam_search
+    found = search(model, pairs, regions, beam=beam, max_len=max_len, batch_size=batch_size,
+                   length_penalty=length_penalty, no_repeat_ngram=no_repeat_ngram, budget=budget)
+    return [ids for ids, _ in found]
