@@ -3,6 +3,13 @@
 
     python benchmarks/run.py --size base [--steps N] [--decode-sentences N] [--json PATH] [--phases]
     python benchmarks/run.py --size base --device gpu [--dtype bfloat16] --json PATH
+    python benchmarks/run.py --size demo|base --one-pass --steps 5 --max-len 48 --json PATH
+
+`--one-pass` adds the one-pass objective (benchmarks/one_pass_sides.py): a third training side
+(ours with objective "one_pass", `--one-pass-rows` rows a step) and the cached decoder beside
+our greedy and the reference's. All training sides then train the same pairs, those of the
+one-pass steps (`--steps` counts those), so each makes the same predictions; the ratios are
+of predictions (label slots of weight > 0) per second. Without it, the workload is as below.
 
 `--device gpu` runs both sides on the first CUDA GPU (JAX's CUDA backend, torch on cuda) with
 per-size GPU defaults (more rows per step, more sentences, our decode batch 64; the
@@ -57,7 +64,8 @@ if REPO not in sys.path:  # `python benchmarks/run.py` puts benchmarks/, not the
 import numpy as np  # noqa: E402
 
 from benchmarks import workload  # noqa: E402
-from benchmarks.sides import ROW_LENGTH, SIDES  # noqa: E402
+from benchmarks import one_pass_sides, sides  # noqa: E402
+from benchmarks.sides import ROW_LENGTH  # noqa: E402
 from bertgen_jax.model import ModelConfig  # noqa: E402
 
 # A test-only size: small enough for an end-to-end run in seconds.
@@ -69,6 +77,12 @@ DEFAULTS = {"micro": (2, 2, 8), "tiny": (8, 10, 32), "small": (8, 5, 16), "base"
 # On a GPU: enough rows that a step is not all launch overhead; base at 32 rows (~150 examples)
 # keeps the reference's full-vocabulary logits and their gradients (~200 positions each) in memory.
 GPU_DEFAULTS = {"micro": (2, 2, 8), "tiny": (64, 20, 512), "small": (64, 20, 512), "base": (32, 10, 256)}
+DEFAULTS["demo"], GPU_DEFAULTS["demo"] = DEFAULTS["tiny"], GPU_DEFAULTS["tiny"]
+# One-pass rows per step (--one-pass): a one-pass row holds ~55 predictions, so the reference,
+# training the same pairs at ~1 example/s at base on 2 cores, keeps to minutes at 1 row.
+ONE_PASS_ROWS = {"micro": 1, "demo": 4, "tiny": 4, "small": 2, "base": 1}
+GPU_ONE_PASS_ROWS = {"micro": 1, "demo": 16, "tiny": 16, "small": 16, "base": 8}
+SIDES = {**sides.SIDES, "one_pass": one_pass_sides.side_one_pass}
 
 
 def model_config(name: str, dtype: str = "float32") -> ModelConfig:
@@ -135,7 +149,7 @@ def table(args, cfg, ours, ref, dec, cmp) -> str:
     if dec:
         rows.append(("greedy sentences/s", dec["ours_sentences_per_s"], dec["reference_sentences_per_s"]))
     lines = [f"size {args.size}, {args.device}, {args.dtype}: {cfg.num_layers} x {cfg.hidden_size}, vocab {cfg.vocab_size}; "
-             f"{args.steps} timed steps after {args.warmup}; {ours['examples'] // args.steps} unrolled "
+             f"{len(ours['step_s'])} timed steps after {args.warmup}; {ours['examples'] // len(ours['step_s'])} unrolled "
              f"examples per step ({args.rows} packed rows of {ROW_LENGTH} tokens for ours)",
              f"peak matmul {args.dtype}: jnp.dot {ours['peak_flops'] / 1e9:.1f} GFLOP/s, torch.mm "
              f"{ref['peak_flops'] / 1e9:.1f} GFLOP/s; load avg {ours['load_start']} .. {ref['load_end']}",
@@ -144,7 +158,7 @@ def table(args, cfg, ours, ref, dec, cmp) -> str:
     lines += [f"| {name:34} | {g(a):>12} | {g(b):>12} | {a / b:>7.2f} |" for name, a, b in rows]
     spent = f"reference {ref['executed_flops'] / ref['useful_flops']:.2f} (padding, head everywhere)"
     if "phases" in ours:  # XLA's count of the compiled step, per timed step
-        spent += f", ours {ours['phases']['xla_step_flops'] * args.steps / ours['useful_flops']:.2f} (XLA's count)"
+        spent += f", ours {ours['phases']['xla_step_flops'] * len(ours['step_s']) / ours['useful_flops']:.2f} (XLA's count)"
     lines.append(f"FLOPs executed per useful FLOP: {spent}")
     if "phases" in ours:
         lines.append(phase_line(ours, ref))
@@ -183,6 +197,9 @@ def parse(argv=None):
     ap.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="where both sides run")
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                     help="compute dtype of both sides (ours: ModelConfig.dtype; the reference: autocast)")
+    ap.add_argument("--one-pass", action="store_true", help="add the one-pass objective's training side "
+                    "and the cached decoder; every side trains the pairs of the one-pass steps")
+    ap.add_argument("--one-pass-rows", type=int, help="one-pass rows per step (default per size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
@@ -199,6 +216,7 @@ def parse(argv=None):
     args.rows = args.rows or rows
     args.steps = args.steps or steps
     args.decode_sentences = args.decode_sentences or sentences
+    args.one_pass_rows = args.one_pass_rows or (GPU_ONE_PASS_ROWS if gpu else ONE_PASS_ROWS)[args.size]
     return args
 
 
@@ -218,23 +236,33 @@ def main(argv=None):
               f"(batch {args.decode_batch}), reference {dec['reference_sentences_per_s']:.1f} (batch 8), ratio "
               f"{ratio:.2f}; {dec['sentences']} sentences, max_len {args.max_len}; "
               f"{dec['same_output']}/{dec['sentences']} outputs identical")
+        extra = {}
+        if args.one_pass:
+            extra = {"cached_decode_ratio": dec["cached_sentences_per_s"] / dec["reference_sentences_per_s"],
+                     "cached_vs_unrolled_decode": dec["cached_sentences_per_s"] / dec["ours_sentences_per_s"]}
+            print(f"cached (one-pass model) {dec['cached_sentences_per_s']:.1f} sentences/s: "
+                  f"{extra['cached_decode_ratio']:.2f}x the reference, {extra['cached_vs_unrolled_decode']:.2f}x ours")
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"decode_ratio": ratio, "date": when, "size": args.size, "device": args.device,
+                json.dump({"decode_ratio": ratio, **extra, "date": when, "size": args.size, "device": args.device,
                            "dtype": args.dtype, "command": " ".join(sys.argv), "decode": dec}, f, indent=1)
         return
     gpu = args.device == "gpu"
+    one = _run_side("one_pass", passed, gpu) if args.one_pass else None
     ours, ref = _run_side("jax", passed, gpu), _run_side("torch", passed, gpu)
     dec = ref.pop("decode", None)
     cmp = compare(ours, ref, dec)
     print(table(args, cfg, ours, ref, dec, cmp))
+    if one:
+        cmp.update(one_pass_sides.compare(one, ours, ref, dec))
+        print(one_pass_sides.table(one, ours, ref, dec, cmp))
     if args.json:
         machine = f"{_cpu_name()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
         if "gpu_peak_gib" in ours:
             machine = f"{ref['gpu_name']}; {machine}"
         result = {**cmp, "date": when, "size": args.size, "device": args.device, "dtype": args.dtype,
                   "command": " ".join(sys.argv), "machine": machine,
-                  "ours": ours, "reference": ref, "decode": dec}
+                  "ours": ours, "reference": ref, "decode": dec, "one_pass": one}
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
 

@@ -1,7 +1,9 @@
 """The two sides of benchmarks/run.py and the workload they share: our JAX training step
 (side_jax), the original's way in PyTorch (side_torch) and greedy decoding of both
 (side_decode). run.py starts each in its own subprocess (`--side NAME`) and compares what
-they return; the module docstring of run.py says what each measures and how."""
+they return; the module docstring of run.py says what each measures and how. With
+`--one-pass`, benchmarks/one_pass_sides.py adds a third training side and the cached decoder,
+and decides which pairs the unrolled sides train (training_batches)."""
 
 from __future__ import annotations
 
@@ -85,6 +87,16 @@ def host_batches(cfg: ModelConfig, rows: int, count: int, seed: int):
     return batches, time.perf_counter() - start
 
 
+def training_batches(args, cfg):
+    """The unrolled sides' host batches, the first args.warmup untimed, and their build seconds:
+    args.warmup + args.steps of the pool's (host_batches), or with --one-pass those of the pairs
+    the one-pass steps hold (one_pass_sides.unrolled_batches), however many they fill."""
+    if getattr(args, "one_pass", False):
+        from benchmarks import one_pass_sides
+        return one_pass_sides.unrolled_batches(cfg, args.rows, args.one_pass_rows, args.warmup, args.steps, args.seed)
+    return host_batches(cfg, args.rows, args.warmup + args.steps, args.seed)
+
+
 def example_lengths(batch) -> list[int]:
     """Present tokens of each example of a packed batch, in (row, target slot) order."""
     out = []
@@ -121,15 +133,18 @@ def original_batch(step: list[tuple], feature_dim: int, device=None):
     return T.original_batch(rows, lambda i: step[i][1], feature_dim, device)
 
 
-def _summary(cfg, times, labels, lengths) -> dict:
-    """Throughput of the timed steps, from each step's seconds, labels (of its examples) and
-    example lengths. Rates are the median over steps of each step's rate: the machine is
-    shared, and one step slowed by another job should not move the figure. A target token is
-    an example whose label is a wordpiece, not `[STOP]`."""
+def _summary(cfg, times, labels, lengths=None) -> dict:
+    """Throughput of the timed steps, from each step's seconds, labels (of its label slots of
+    weight > 0) and example lengths (None: no FLOPs, as for one-pass segments, which the
+    one-target formula does not fit). Rates are the median over steps of each step's rate: the
+    machine is shared, and one step slowed by another job should not move the figure. A
+    prediction is a label slot (an unrolled example, or one query of a one-pass segment); a
+    target token is one whose label is a wordpiece, not `[STOP]`."""
     from bertgen_jax import vocab
-    n = {"examples": [len(x) for x in labels],
-         "target_tokens": [int(np.sum(np.asarray(x) != vocab.STOP_ID)) for x in labels],
-         "useful_flops": [flops.train_flops(cfg, x) for x in lengths]}
+    n = {"examples": [len(x) for x in labels], "predictions": [len(x) for x in labels],
+         "target_tokens": [int(np.sum(np.asarray(x) != vocab.STOP_ID)) for x in labels]}
+    if lengths is not None:
+        n["useful_flops"] = [flops.train_flops(cfg, x) for x in lengths]
     out = {"step_s": times, **{k: sum(v) for k, v in n.items()}}
     for k, v in n.items():
         out[f"{k}_per_s"] = float(np.median(np.asarray(v) / np.asarray(times)))
@@ -155,7 +170,7 @@ def side_jax(args, cfg) -> dict:
     peak = functools.partial(flops.peak_jax, dtype=args.dtype)
     out = {"load_start": _load(), "peak_flops": peak(args.peak_n), "backend": jax.default_backend(),
            "jax": jax.__version__, "matmul_precision": str(jax.config.jax_default_matmul_precision)}
-    batches, build_s = host_batches(cfg, args.rows, args.warmup + args.steps, args.seed)
+    batches, build_s = training_batches(args, cfg)
     lr = optim.schedule(LR, 1, 10 ** 6)
     mesh = sharding.make_mesh()
     steps = Steps(BertGen(cfg, nnx.Rngs(args.seed)), optim.make_optimizer(OPTIM, lr), lr, mesh, 1, args.seed)
@@ -204,7 +219,7 @@ def side_torch(args, cfg) -> dict:
     peak = functools.partial(flops.peak_torch, dtype=args.dtype, device=device)
     out = {"load_start": _load(), "peak_flops": peak(args.peak_n), "threads": torch.get_num_threads(),
            "torch": torch.__version__}
-    batches, _ = host_batches(cfg, args.rows, args.warmup + args.steps, args.seed)
+    batches, _ = training_batches(args, cfg)
     start = time.perf_counter()
     steps = [unpack(b) for b in batches]
     in_order = [[len(r.text) + r.num_regions + 1 for r, _ in step] for step in steps[args.warmup:]]
@@ -276,7 +291,10 @@ def side_decode(args, cfg) -> dict:
     n = len(pairs)
     out.update(ours_sentences_per_s=n / out["ours_s"], reference_sentences_per_s=n / out["reference_s"],
                sentences=n, same_output=sum(np.array_equal(a, b) for a, b in zip(ours, ref)),
-               ours_tokens=sum(len(x) for x in ours))
+               ours_tokens=sum(len(x) for x in ours), reference_tokens=sum(len(x) for x in ref))
+    if getattr(args, "one_pass", False):  # the cached decoder of a one-pass model, same pairs
+        from benchmarks import one_pass_sides
+        out.update(one_pass_sides.cached_decode(args, cfg, pairs, regions_of, ref))
     return out
 
 

@@ -48,6 +48,10 @@ IMAGE_W, IMAGE_H = (333, 500), (250, 500)
 MIN_BOX = 8.0
 
 SIZES = {
+    # The ToyWorld demo's model (configs/multitask.py small_model): ToyWorld's vocabulary of
+    # 1,400, a 128-wide feed-forward and no dropout, as the demo trains it.
+    "demo": ModelConfig(vocab_size=1400, hidden_size=128, num_layers=2, num_heads=4, intermediate_size=128,
+                        dropout=0.0, attention_dropout=0.0),
     "tiny": ModelConfig(vocab_size=8000, hidden_size=128, num_layers=2, num_heads=2,
                         intermediate_size=512),
     "small": ModelConfig(vocab_size=30000, hidden_size=256, num_layers=4, num_heads=4,

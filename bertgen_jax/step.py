@@ -14,29 +14,39 @@ float summation order).
 
 from __future__ import annotations
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from bertgen_jax import optim
+from bertgen_jax import compiles, optim
 from bertgen_jax import sharding as shard_lib
 from bertgen_jax import vocab
 from bertgen_jax.checkpoint import merge_params
 from bertgen_jax.layout import KIND_PAD
 from bertgen_jax.objective import per_target_loss
 
+_INSTANCES = itertools.count()  # each Steps counts its own compiles
+
 
 class Steps:
     """The jitted train / eval steps of one model on one mesh, with a trace counter: a jitted
-    function is traced once per compile, so `traces` counts compiles of each step."""
+    function is traced once per compile, so `traces` counts compiles of each step (in
+    compiles.COUNTS, keyed by this instance)."""
+
+    @property
+    def traces(self) -> dict:
+        """Compiles of this instance's train and eval steps."""
+        return {name: compiles.COUNTS[(name, self._key)] for name in ("train", "eval")}
 
     def __init__(self, model, optimizer: optax.GradientTransformation, lr: optax.Schedule,
                  mesh, num_streams: int, seed: int, rules=shard_lib.LOGICAL_AXIS_RULES):
         self.optimizer, self.lr, self.mesh, self.num_streams = optimizer, lr, mesh, num_streams
         self.root = jax.random.key(seed)
-        self.traces = {"train": 0, "eval": 0}
+        self._key = next(_INSTANCES)
         model.train()
         self.train_graph, params, self.other = nnx.split(model, nnx.Param, ...)
         self.initial_params = nnx.to_pure_dict(params)  # the model's weights, until placed
@@ -111,7 +121,7 @@ class Steps:
         }
 
     def _train(self, params, opt_state, batch, step):
-        self.traces["train"] += 1
+        compiles.record("train", self._key)
         key = jax.random.fold_in(self.root, step)
 
         def summed_loss(p, micro, k):
@@ -144,7 +154,7 @@ class Steps:
 
     def _eval(self, params, batch):
         """Teacher-forced sums of one [A, B, ...] batch (no dropout)."""
-        self.traces["eval"] += 1
+        compiles.record("eval", self._key)
         model = merge_params(self.eval_graph, self.abstract, params, self.other)
 
         def one(_, micro):

@@ -60,6 +60,13 @@ def run(config, workdir: str) -> dict:
 
     # 1. data
     budgets = dict(config.data.budgets)
+    # A text-only example's [END] sits at position = its length (no region token holds T), so an
+    # MT budget as large as the position table would put it one past the end (a NaN embedding;
+    # the original fails there too). Pairs that long are cut one token shorter instead.
+    if budgets.get("mt", 0) >= config.model.max_positions:
+        log.warning("data.budgets['mt']=%d: [END] would reach position %d of a %d-row table; using %d",
+                    budgets["mt"], budgets["mt"], config.model.max_positions, config.model.max_positions - 1)
+        budgets["mt"] = config.model.max_positions - 1
     # Only the first process may generate ToyWorld; the others read it after the barrier.
     data = datasets.load(config.data, workdir, budgets.__getitem__, is_first_process=True) if first else None
     if jax.process_count() > 1:  # the first process generated and prepared; the rest read

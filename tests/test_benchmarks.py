@@ -152,3 +152,61 @@ def test_decode_positions_count_every_real_token():
     assert got["real"] <= got["reference"] and got["real"] <= got["ours"]
     assert all(rows == 8 for rows, _, _ in got["stages"])
     assert sum(p for _, _, p in got["stages"]) == 2 * 3  # two batches, 3 passes each (no [STOP])
+
+
+# -- the one-pass objective (--one-pass): same pairs on every side, its ratios in the JSON ---------
+
+@pytest.fixture(scope="module")
+def one_pass_result(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "one_pass.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    done = subprocess.run([sys.executable, "benchmarks/run.py", *ARGS, "--one-pass", "--json", str(path)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(path) as f:
+        return json.load(f), done.stdout
+
+
+def test_one_pass_json_has_its_ratios(one_pass_result):
+    figures, stdout = one_pass_result
+    one, ours, ref, dec = figures["one_pass"], figures["ours"], figures["reference"], figures["decode"]
+    for key in ("one_pass_train_ratio", "one_pass_vs_unrolled", "one_pass_train_ratio_overall",
+                "one_pass_vs_unrolled_overall", "one_pass_memory_ratio", "cached_decode_ratio",
+                "cached_vs_unrolled_decode", "train_ratio", "decode_ratio"):
+        assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures[key])
+    assert figures["one_pass_train_ratio"] == pytest.approx(one["predictions_per_s"] / ref["predictions_per_s"])
+    assert figures["one_pass_vs_unrolled"] == pytest.approx(one["predictions_per_s"] / ours["predictions_per_s"])
+    assert figures["cached_decode_ratio"] == pytest.approx(
+        dec["cached_sentences_per_s"] / dec["reference_sentences_per_s"])
+    assert one["compiles"] == 1 and len(one["step_s"]) == 2 and one["maxrss_gib"] > 0
+    assert "predictions/s (median of steps)" in stdout and "1p/ref" in stdout
+
+
+def test_one_pass_sides_make_the_same_predictions(one_pass_result):
+    one, ours, ref = (one_pass_result[0][k] for k in ("one_pass", "ours", "reference"))
+    assert one["predictions"] == ours["predictions"] == ref["predictions"] == ours["examples"] > 0
+    assert one["target_tokens"] == ours["target_tokens"] == ref["target_tokens"]
+    assert one["predictions"] - one["target_tokens"] == one["pairs"]  # one [STOP] per pair
+    assert ours["useful_flops"] == ref["useful_flops"]
+    # the unrolled sides need more steps for the same pairs than the one-pass side
+    assert len(ours["step_s"]) == len(ref["step_s"]) > len(one["step_s"])
+    dec = one_pass_result[0]["decode"]
+    assert dec["ours_tokens"] == dec["reference_tokens"] == 4 * 4
+    assert 0 < dec["cached_tokens"] <= 4 * 4
+
+
+def test_one_pass_workload_is_the_same_pairs():
+    """In-process, no model: the unrolled batches of the timed pairs hold exactly the labels of
+    the one-pass batches, and the warm-up pairs are kept apart from the timed ones."""
+    from benchmarks import one_pass_sides
+    cfg = bench.model_config("micro")
+    one, warm, timed, _ = one_pass_sides.pair_workload(cfg, 1, 1, 2, 0)
+    unrolled, _ = one_pass_sides.unrolled_batches(cfg, 2, 1, 1, 2, 0)
+    weighted = lambda batches: sorted(int(x) for b in batches for x in b["labels"][b["label_weights"] > 0])
+    assert len(one) == 3 and len(warm) + len(timed) == len({id(p) for p, _ in warm + timed})
+    assert weighted(one[1:]) == weighted(unrolled[1:])
+    assert len(weighted(one[1:])) == sum(len(p.tgt_ids) + 1 for p, _ in timed)
+    assert sum(len(one_pass_sides.segment_lengths(b)) for b in one[1:]) == len(timed)
+    for b in one:
+        assert b["attention_rank"].shape == b["token_ids"].shape and b["token_ids"].shape[1] == 256
+        assert set(np.unique(b["stream_ids"])) <= {-1, 0}

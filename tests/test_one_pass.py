@@ -131,3 +131,43 @@ def test_the_loss_is_the_mean_of_separate_passes_one_per_query(packed):
         assert abs(float(np.mean(each)) - float(one)) <= 1e-5, (seg.labels, float(np.mean(each)), float(one))
         slot += n + 1
     assert slot == batch["label_weights"].sum() == 4 + 3 + 5
+
+
+def test_the_pipeline_packs_whole_pairs_and_resumes():
+    """One-pass batches: each pair whole in one row (its n+1 labels y_1..y_n [STOP] in order,
+    each slot tagged with its stream), rows denser than unrolled ones, and a restored state
+    continues with identical batches; an unrolled iterator's state is refused."""
+    import json
+    from bertgen_jax.data.pipeline import BatchIterator
+    from bertgen_jax.data.rows import real_token_fraction
+    from tests.test_pipeline import BUDGETS, STORE as PSTORE, assert_same, three_streams
+    spec = RowSpec(128, 48, 32, 8, attention_rank=True)
+    make = lambda: BatchIterator(three_streams(), PSTORE, spec, 4, budget_for=BUDGETS, seed=3, window=4,
+                                 objective="one_pass")
+    it = make()
+    batches = [next(it) for _ in range(6)]
+    seen = 0
+    for b in batches:
+        for r in range(4):
+            slots = np.flatnonzero(b["label_weights"][r])
+            labels, streams = b["labels"][r, slots], b["stream_ids"][r, slots]
+            ends = np.flatnonzero(labels == vocab.STOP_ID)
+            for start, end in zip(np.concatenate([[0], ends[:-1] + 1]), ends):
+                tgt = labels[start:end]  # make_pairs' ids: 1e6 * (stream + 1) + 100 * pair + k
+                assert len(tgt) and (np.diff(tgt) == 1).all() and tgt[0] % 100 == 0, tgt
+                assert (streams[start:end + 1] == tgt[0] // 1_000_000 - 1).all()
+                seen += 1
+            assert len(ends) == 0 or ends[-1] == len(labels) - 1  # no pair split across rows
+    assert seen >= 6 * 4
+    assert np.mean([real_token_fraction(b) for b in batches]) > 0.7
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it) for _ in range(3)]
+    fresh = make()
+    fresh.set_state(state)
+    for want in expected:
+        assert_same(next(fresh), want)
+    unrolled = BatchIterator(three_streams(), PSTORE, RowSpec(128, 48, 32, 8), 4, budget_for=BUDGETS, seed=3, window=4)
+    with pytest.raises(ValueError, match="objective"):
+        fresh.set_state(unrolled.get_state())
+    with pytest.raises(ValueError, match="attention_rank"):
+        BatchIterator(three_streams(), PSTORE, RowSpec(128, 48, 32, 8), 4, objective="one_pass")

@@ -278,7 +278,7 @@ def test_a_url_workdir_is_refused_before_anything_is_written(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("key,value", [("data.on_bad_record", "skpi"), ("data.mode", "pakced"),
-                                       ("model.dtype", "float16"), ("eval.beam", 0),
+                                       ("model.dtype", "float16"), ("objective", "one-pass"), ("eval.beam", 0),
                                        ("eval.compare_beam", -1)])
 def test_a_misspelt_choice_is_refused_before_anything_is_written(tmp_path, key, value):
     from bertgen_jax import train
@@ -286,3 +286,43 @@ def test_a_misspelt_choice_is_refused_before_anything_is_written(tmp_path, key, 
     with pytest.raises(ConfigError, match=rf"^{key}={value!r}: expected"):
         train.run(tiny_config(str(tmp_path / "unused.json"), **{key: value}), str(tmp_path / "run"))
     assert os.listdir(tmp_path) == []
+
+
+def test_a_one_pass_run_decodes_with_the_cache_and_keeps_its_objective(manifest, tmp_path):
+    """objective=one_pass end to end: the workdir records it, its evaluation decodes with the
+    cached decoder (and equals the full-recompute decoder), generate picks it from the workdir;
+    a rerun with the other objective, or decoding the model as unrolled, is one clear error
+    before any work, and the refused rerun leaves every file of the workdir as it was."""
+    from bertgen_jax import compiles, decode, train
+    from bertgen_jax.decode import reference
+    from bertgen_jax.errors import ConfigError
+    from bertgen_jax.generate import Generator
+    workdir = str(tmp_path / "run")
+    config = tiny_config(manifest, **{"objective": "one_pass", "train.steps": 6, "train.checkpoint_every": 6,
+                                      "eval.batches": 1, "eval.decode": True, "eval.max_sentences": 4})
+    before = dict(compiles.COUNTS)
+    summary = train.run(config, workdir)
+    assert summary["status"] == "finished" and summary["compiles"]["train"] == 1
+    assert any(k[0] == "cached_greedy" for k in compiles.since(before))
+    assert not any(k[0] in ("greedy", "beam") for k in compiles.since(before))
+    assert {r["name"] for r in summary["results"]} >= {"ic_en", "mt_en-de", "mmt_en-de"}
+    with open(os.path.join(workdir, "model_config.json")) as f:
+        assert json.load(f)["objective"] == "one_pass"
+
+    files = {os.path.join(d, n) for d, _, names in os.walk(workdir) for n in names}
+    content = {f: open(f, "rb").read() for f in files}
+    config.objective = "unrolled"
+    with pytest.raises(ConfigError, match=r"was trained with objective='one_pass', this config has objective='unrolled'"):
+        train.run(config, workdir)
+    assert {os.path.join(d, n) for d, _, names in os.walk(workdir) for n in names} == files
+    assert all(open(f, "rb").read() == content[f] for f in files)
+
+    gen = Generator.load(workdir)
+    assert gen.model.cfg.objective == "one_pass"
+    from bertgen_jax.data import datasets
+    data = datasets.load(config.data, workdir, dict(config.data.budgets).__getitem__, splits=("test",))
+    pairs = [p for s in data.splits["test"] if s.task == "mt" for p in s.pairs[:3]]
+    got = decode.generate(gen.model, pairs, max_len=10)
+    assert [list(x) for x in got] == [list(x) for x in reference.one_pass_greedy(gen.model, pairs, max_len=10)]
+    with pytest.raises(ValueError, match="trained with objective='one_pass' and cannot be decoded as 'unrolled'"):
+        decode.generate(gen.model, pairs, objective="unrolled")
