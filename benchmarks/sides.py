@@ -268,7 +268,7 @@ def side_decode(args, cfg) -> dict:
     from bertgen_jax.decode import greedy
     from bertgen_jax.model import BertGen
     _jax_setup(args)
-    out = {}
+    out = {"load_start": _load()}
     pairs, regions_of = workload.synthetic_pairs(args.decode_sentences, args.seed + 1, cfg.vocab_size,
                                                  feature_dim=cfg.feature_dim)
     regions_of = functools.lru_cache(maxsize=None)(regions_of)
@@ -295,6 +295,7 @@ def side_decode(args, cfg) -> dict:
     if getattr(args, "one_pass", False):  # the cached decoder of a one-pass model, same pairs
         from benchmarks import one_pass_sides
         out.update(one_pass_sides.cached_decode(args, cfg, pairs, regions_of, ref))
+    out["load_end"] = _load()
     return out
 
 

@@ -8,6 +8,8 @@ A training workdir W:
                          state, one file per process, grain's handler)
 An exported directory D (`python -m bertgen_jax.generate --export D`):
   D/model_config.json, D/vocab.txt and D/params.safetensors (the params, names "a/b/0/c")
+Small files are written whole or not at all (files.write_atomic). What is done about stray step
+directories, corrupt checkpoints and failed saves: checkpoint_faults.py.
 Step s means "after s optimizer updates and the batches they consumed", so a run resumed from
 s continues with exactly the batches and dropout keys it would have used.
 Paths may be relative or start with `~`: every public function resolves them, since orbax
@@ -20,7 +22,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 
 import grain
 import jax
@@ -28,6 +29,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from bertgen_jax import checkpoint_faults as faults
+from bertgen_jax.errors import CheckpointError, ConfigError
+from bertgen_jax.files import write_atomic
 from bertgen_jax.model import BertGen, ModelConfig
 
 MODEL_CONFIG, VOCAB, PARAMS, CHECKPOINTS = "model_config.json", "vocab.txt", "params.safetensors", "checkpoints"
@@ -56,8 +60,7 @@ def _model_file(model_dir: str, name: str) -> str:
 
 
 def write_model_config(out_dir: str, cfg: ModelConfig) -> None:
-    with open(os.path.join(resolve(out_dir), MODEL_CONFIG), "w", encoding="utf-8") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1)
+    write_atomic(os.path.join(resolve(out_dir), MODEL_CONFIG), json.dumps(dataclasses.asdict(cfg), indent=1))
 
 
 def read_model_config(model_dir: str) -> ModelConfig:
@@ -81,7 +84,41 @@ def save_model_files(out_dir: str, cfg: ModelConfig, vocab: str) -> None:
     write_model_config(out_dir, cfg)
     target = os.path.join(resolve(out_dir), VOCAB)
     if resolve(vocab) != target:
-        shutil.copyfile(resolve(vocab), target)
+        with open(resolve(vocab), "rb") as f:
+            write_atomic(target, f.read())
+
+
+# Model settings a run may change when it continues a workdir: how the model computes or was
+# initialised, not the shape or meaning of any parameter its checkpoints hold.
+RESUMABLE_FIELDS = ("dropout", "attention_dropout", "dtype", "remat", "visual_ln_init")
+
+
+def check_workdir(workdir: str, cfg: ModelConfig, vocab: str) -> None:
+    """A run continuing `workdir` must build the model its checkpoints hold: the same sizes as
+    its model_config.json and the same vocabulary as its vocab.txt. Called before the run writes
+    anything there, so a refused run leaves the workdir (and `generate` on it) as it was."""
+    path = os.path.join(resolve(workdir), MODEL_CONFIG)
+    if os.path.isfile(path):
+        had = read_model_config(workdir)
+        changed = [f"{f.name} {getattr(had, f.name)!r} -> {getattr(cfg, f.name)!r}"
+                   for f in dataclasses.fields(ModelConfig)
+                   if f.name not in RESUMABLE_FIELDS and getattr(had, f.name) != getattr(cfg, f.name)]
+        if changed:
+            raise ConfigError(f"{workdir} holds a model of other settings than this config's ({'; '.join(changed)}; "
+                              f"see its {MODEL_CONFIG}): use another --workdir, or that workdir's settings")
+    kept = os.path.join(resolve(workdir), VOCAB)
+    if os.path.isfile(kept) and resolve(vocab) != kept:
+        with open(kept, "rb") as a, open(resolve(vocab), "rb") as b:
+            if a.read() != b.read():
+                raise ConfigError(f"{workdir} was trained with the vocabulary in its {VOCAB}, this config's "
+                                  f"data uses another ({vocab}): use another --workdir, or that vocabulary")
+
+
+def check_keep(keep: int | None) -> None:
+    """orbax's max_to_keep=0 deletes every checkpoint in the directory, those of earlier runs too."""
+    if keep is not None and keep < 1:
+        raise ConfigError(f"train.keep_checkpoints={keep}: expected 1 or more (how many of the newest "
+                          "checkpoints are kept); 0 would delete every checkpoint, those already there too")
 
 
 # -- parameters as safetensors (exported models) -----------------------------------------------
@@ -182,7 +219,12 @@ def restore_params(workdir: str, abstract: dict, step: int | None = None) -> dic
         if not steps or (step is not None and step not in steps):
             wanted = "no checkpoints" if step is None else f"no checkpoint {step}"
             raise FileNotFoundError(f"{directory}: {wanted} (have {steps})")
-        return checkpoints.restore_params(steps[-1] if step is None else step, abstract)
+        try:
+            return checkpoints.restore_params(steps[-1] if step is None else step, abstract)
+        except CheckpointError as err:
+            if step is None and len(steps) > 1:  # the user picks an older one; nothing is chosen for them
+                raise CheckpointError(f"{err} Older checkpoints there: {steps[:-1]} (pick one with --step N)") from err
+            raise
     finally:
         checkpoints.close()
 
@@ -191,18 +233,28 @@ def restore_params(workdir: str, abstract: dict, step: int | None = None) -> dic
 
 class Checkpoints:
     """Save every `every` steps (and on demand), keep the newest `keep`, restore the latest.
-    read_only: open an existing directory to restore from, never writing to it."""
+    read_only: open an existing directory to restore from, never writing to it.
+
+    Only finished step directories count (a stray `999/` is skipped with a warning); a save that
+    fails, in the background or not, is a CheckpointError at the next save, wait or close.
+    """
 
     def __init__(self, directory: str, every: int = 1, keep: int | None = None, use_async: bool = True,
                  read_only: bool = False):
+        check_keep(keep)
         self.directory = resolve(directory)
+        self._names = faults.FinishedSteps()
         options = ocp.CheckpointManagerOptions(
             save_interval_steps=max(every, 1), max_to_keep=keep, create=not read_only,
-            read_only=read_only, enable_async_checkpointing=use_async and not read_only)
+            read_only=read_only, enable_async_checkpointing=use_async and not read_only,
+            step_name_format=self._names)
         handlers = {"params": ocp.StandardCheckpointHandler(),
                     "opt_state": ocp.StandardCheckpointHandler(),
                     "data": grain.checkpoint.CheckpointHandler()}
+        faults.quiet_orbax_errors()
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+        self._pending: int | None = None  # a started save not yet known to be on disk
+        self._failed = False
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -212,13 +264,39 @@ class Checkpoints:
 
     def save(self, step: int, params, opt_state, data_iterator, force: bool = False) -> bool:
         """Start saving (returns at once when async, after the arrays are copied off the
-        devices); False when `step` is not a save step and not forced."""
-        saved = self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+        devices); False when `step` is not a save step and not forced. A full disk is refused
+        before writing; an earlier save that failed in the background is raised here."""
+        if not force and not self.manager.should_save(step):
+            return False
+        self.wait()
+        need = sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves((params, opt_state)))
+        free = faults.free_bytes(self.directory)
+        # One process alone: with several, each would decide on its own view of the disk, and
+        # one refusing while the others save would hang them at orbax's barrier.
+        if jax.process_count() == 1 and free is not None and free < need:
+            self._fail(step, f"not started: it needs about {faults.size(need)}")
+        try:
+            saved = self.manager.save(step, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                data=grain.checkpoint.CheckpointSave(data_iterator)), force=force)
+        except Exception as err:  # noqa: BLE001 (orbax and TensorStore raise bare Exception too)
+            self._fail(step, faults.describe(err), err)
         if saved:
+            self._pending = step
             log.info("checkpoint: saving step %d to %s", step, self.directory)
         return saved
+
+    def _fail(self, step: int | None, problem: str, err: BaseException | None = None):
+        """Raise the one line of a failed save, after removing what it left half-written."""
+        self._failed, self._pending = True, None
+        faults.quiet_abandoned_work()
+        if jax.process_index() == 0 and step is not None:
+            faults.remove_partial_save(self.directory, step)
+        good = max((s for s in self._steps_on_disk() if s != step), default=None)
+        raise CheckpointError(faults.save_failed(self.directory, step, problem, good)) from err
+
+    def _steps_on_disk(self) -> list[int]:
+        return [m.step for m in self._names.find_all(self.directory)]
 
     def restore(self, step: int, abstract_params, abstract_opt_state, data_iterator=None):
         """(params, opt_state) of `step` laid out as the abstract targets say (shape, dtype and
@@ -227,11 +305,45 @@ class Checkpoints:
                  "opt_state": ocp.args.StandardRestore(abstract_opt_state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-        out = self._restore(step, items, "a run with another model size, other task streams, another "
-                            "optim.fused or data.window, or an older bertgen_jax (optimizer and "
-                            "data-iterator state layouts change between versions)? Use a fresh "
-                            "--workdir or delete that checkpoint.")
+        out = self._restore(step, items, "a run with other task streams, another optim.fused or "
+                            "data.window, or an older bertgen_jax (optimizer and data-iterator state "
+                            "layouts change between versions)? Use a fresh --workdir, or this workdir's settings")
         return out["params"], out["opt_state"]
+
+    def restore_latest(self, abstract_params, abstract_opt_state, data_iterator=None):
+        """(step, params, opt_state) of the newest checkpoint that restores. Newer ones that do
+        not (a truncated file) are then moved aside with a warning each, never deleted. When none
+        restores (most often: another config) nothing is moved and the newest one's error is raised."""
+        steps, failed = sorted(self.all_steps(), reverse=True), []
+        if not steps:
+            raise FileNotFoundError(f"{self.directory}: no checkpoints to restore")
+        for step in steps:
+            try:
+                params, opt_state = self.restore(step, abstract_params, abstract_opt_state, data_iterator)
+            except CheckpointError as err:
+                failed.append((step, err))
+                continue
+            if failed:
+                self._move_aside(failed, step)
+            return step, params, opt_state
+        if len(failed) > 1:
+            raise CheckpointError(f"{failed[0][1]} (nor does any older one: steps {steps[1:]})") from failed[0][1]
+        raise failed[0][1]
+
+    def _move_aside(self, failed: list, good: int) -> None:
+        for step, err in failed:
+            if jax.process_index() == 0:
+                try:
+                    where = faults.move_aside(self.directory, step)
+                except OSError as move_err:
+                    raise CheckpointError(f"checkpoint step {step} in {self.directory} does not restore and "
+                                          f"cannot be moved aside ({move_err}): move it yourself") from err
+                log.warning("checkpoint: step %d in %s does not restore (%s): moved to %s; resuming from step %d",
+                            step, self.directory, faults.describe(err.__cause__ or err), where, good)
+        if jax.process_count() > 1:  # every process lists the directory after the moves
+            from jax.experimental import multihost_utils  # noqa: PLC0415
+            multihost_utils.sync_global_devices("bertgen_jax checkpoints moved aside")
+        self.manager.reload()
 
     def restore_params(self, step: int, abstract_params):
         """The params of `step` alone (for decoding or export: no optimizer or data state)."""
@@ -241,17 +353,34 @@ class Checkpoints:
     def _restore(self, step: int, items: dict, suspect: str):
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, FileNotFoundError) as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise RuntimeError(f"cannot restore checkpoint step {step} from {self.directory}: {reason}. "
-                               f"Was it written by {suspect}") from err
+        except Exception as err:  # noqa: BLE001 (TensorStore's read errors are bare Exceptions)
+            faults.quiet_abandoned_work()
+            raise CheckpointError(f"cannot restore checkpoint step {step} from {self.directory}: "
+                                  f"{faults.describe(err)}. A damaged file, or written by {suspect}") from err
         log.info("checkpoint: restored step %d from %s", step, self.directory)
         return out
 
     def wait(self) -> None:
-        """Block until every started save is on disk."""
-        self.manager.wait_until_finished()
+        """Block until every started save is on disk; a CheckpointError when one failed."""
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001
+            self._fail(step, faults.describe(err), err)
+        # orbax may log a failure and go on (its finalize step catches some errors): a save
+        # counts only once its directory is there, finished.
+        if step is not None and jax.process_index() == 0 and not faults.finished(
+                os.path.join(self.directory, self._names.build_name(step))):
+            self._fail(step, "its directory is missing or unfinished after the save (see the DEBUG log)")
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            if not self._failed:
+                self.wait()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 (after a failed save: already reported)
+                if not self._failed:
+                    raise
+                log.debug("checkpoint: closing after a failed save", exc_info=True)

@@ -1,4 +1,14 @@
-"""Every error the command line reports as one clear line (no traceback) before exiting 1."""
+"""Every error the command lines report as one clear `error:` line (no traceback): exit code 2
+for a usage mistake (a flag, a config value: ConfigError), 1 for anything else (DataError, a
+missing file, a checkpoint, a diverged run). BERTGEN_DEBUG=1 (or main's --debug) re-raises
+instead, with the traceback."""
+
+import os
+
+
+def debug_requested() -> bool:
+    """Did the user ask for tracebacks (environment BERTGEN_DEBUG set, and not to 0)?"""
+    return os.environ.get("BERTGEN_DEBUG", "") not in ("", "0")
 
 
 class ConfigError(ValueError):
@@ -7,6 +17,11 @@ class ConfigError(ValueError):
 
 class TrainingDiverged(FloatingPointError):
     """The loss or the gradient norm stopped being finite."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, ...) or read back. The message names the
+    checkpoint directory, and for a failed save the free space there and the last good step."""
 
 
 class DataError(ValueError):

@@ -88,6 +88,14 @@ class Reporter:
         if self.writer:
             self.writer.add_text(tag, text, step)
 
+    def images(self, step: int, tag: str, images: dict) -> None:
+        """Image summaries: `images` maps a name to a PIL image or an [H, W, 3] uint8 array, each
+        written under `<tag>/<name>`."""
+        if self.writer:
+            for name, image in images.items():
+                pixels = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, np.uint8)
+                self.writer.add_image(tag_name(f"{tag}/{name}"), pixels, step, dataformats="HWC")
+
     def samples(self, step: int, name: str, sources: list[str], hyps: list[str],
                 refs: list[list[str]], n: int) -> None:
         """The first n decoded inputs of an eval set as a markdown text summary."""

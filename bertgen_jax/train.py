@@ -3,7 +3,8 @@
   1. data        manifest -> feature store -> tokenized task streams -> batch iterator
   2. model       ModelConfig + initial weights (random / bert / visual / hybrid / bertgen)
   3. steps       mesh, optimizer, train and eval steps jitted once with explicit shardings
-  4. resume      the latest checkpoint in the workdir, if any (params, optimizer, data position)
+  4. resume      the latest checkpoint in the workdir that restores, if any (params, optimizer,
+                 data position); only then config.json, model_config.json and vocab.txt
   5. loop        step; report and check for NaN at logging steps; checkpoint; evaluate;
                  on SIGTERM / SIGINT save the current step and return
   6. finish      last checkpoint, decode-and-score evaluation, results table
@@ -12,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import os
@@ -22,13 +22,13 @@ import jax
 import numpy as np
 
 from bertgen_jax.errors import ConfigError, TrainingDiverged
-from bertgen_jax import optim, sharding, weights
-from bertgen_jax.checkpoint import MODEL_CONFIG, Checkpoints, checkpoint_dir, read_model_config, save_model_files
+from bertgen_jax import config_checks, optim, sharding, weights
+from bertgen_jax.checkpoint import (MODEL_CONFIG, Checkpoints, check_workdir, checkpoint_dir, read_model_config,
+                                    save_model_files)
+from bertgen_jax.files import write_atomic
 from bertgen_jax.data import datasets
-from bertgen_jax.data.one_pass import OBJECTIVES
 from bertgen_jax.data.pipeline import BatchIterator, Stream
-from bertgen_jax.data.records import ON_BAD_RECORD
-from bertgen_jax.data.rows import MODES, RowSpec
+from bertgen_jax.data.rows import RowSpec
 from bertgen_jax.model import ModelConfig
 from bertgen_jax.reporting import Reporter, summarize
 from bertgen_jax.step import Steps
@@ -40,7 +40,7 @@ def run(config, workdir: str) -> dict:
     """Train as `config` says, in `workdir` (resuming what is there). Returns a summary:
     status ("finished" or "preempted"), step, compiles, last train and eval metrics, and the
     decode-and-score result rows."""
-    _check_choices(config)
+    config_checks.check(config)  # every value, before anything is written or loaded
     # A path, or a tuple of alternatives any one of which will do.
     alternatives = lambda path: (path,) if isinstance(path, str) else tuple(path)
     missing = [f"  {' or '.join(alternatives(path))}\n      get it: {where}"
@@ -52,11 +52,13 @@ def run(config, workdir: str) -> dict:
                           "host shares, e.g. gcsfuse) and copy the run to a bucket afterwards (launch/tpu_vm.sh copy)")
     workdir = os.path.abspath(workdir)
     _check_objective(config, workdir)
+    if config.data.manifest:  # a user's manifest and the stream names: checked before any file is written
+        datasets.check_manifest(config.data, workdir)
+    # Every other check against an existing workdir (model sizes, vocabulary, steps, checkpoint
+    # state) comes before its files are written, at the end of section 4: a refused run leaves
+    # the workdir, and `generate` on it, as they were.
     os.makedirs(workdir, exist_ok=True)
     first = jax.process_index() == 0
-    if first:
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=1) + "\n")
 
     # 1. data
     budgets = dict(config.data.budgets)
@@ -84,8 +86,7 @@ def run(config, workdir: str) -> dict:
     # 2. model
     model, model_cfg, report = _init_model(config, len(data.tokenizer), feature_dim)
     log.info("model: %s; %s", model_cfg, report.summary())
-    if first:  # what generate.py needs to rebuild the model from a checkpoint of this workdir
-        save_model_files(workdir, model_cfg, data.vocab_file)
+    check_workdir(workdir, model_cfg, data.vocab_file)  # the model and vocabulary its checkpoints hold
 
     # 3. mesh and steps
     mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
@@ -123,14 +124,20 @@ def run(config, workdir: str) -> dict:
     ckpt = Checkpoints(checkpoint_dir(workdir), config.train.checkpoint_every,
                        config.train.keep_checkpoints, config.train.async_checkpoints)
     start = ckpt.latest_step() or 0
-    if start > total:
+    try:
+        if start > total:
+            raise ConfigError(f"{workdir} has a checkpoint at step {start}, past train.steps={total}: "
+                              "give train.steps >= that to continue (or generate/evaluate from it)")
+        if start:  # a newer checkpoint that does not restore is moved aside, an older one used
+            start, params, opt_state = ckpt.restore_latest(*steps.abstract_state(), train_it)
+        else:
+            params, opt_state = steps.place()
+    except BaseException:
         ckpt.close()
-        raise ConfigError(f"{workdir} has a checkpoint at step {start}, past train.steps={total}: "
-                          "give train.steps >= that to continue (or generate/evaluate from it)")
-    if start:
-        params, opt_state = ckpt.restore(start, *steps.abstract_state(), train_it)
-    else:
-        params, opt_state = steps.place()
+        raise
+    if first:  # the checks passed: this run's config, and what generate.py needs to rebuild the model
+        write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1) + "\n")
+        save_model_files(workdir, model_cfg, data.vocab_file)
     del model  # its arrays now live in params
     batches = train_it.prefetch(config.data.prefetch) if config.data.prefetch else train_it
     reporter = Reporter(os.path.join(workdir, "tensorboard"), total, enabled=first)
@@ -182,26 +189,8 @@ def run(config, workdir: str) -> dict:
                                               if k in ("loss", "accuracy")})
     reporter.close()
     if first:
-        with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1, default=str)
+        write_atomic(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1, default=str))
     return summary
-
-
-def _check_choices(config) -> None:
-    """Settings with a fixed set of values, checked before anything is generated or loaded."""
-    choices = {"data.on_bad_record": ON_BAD_RECORD, "data.mode": MODES,
-               "model.dtype": ("float32", "bfloat16"), "objective": OBJECTIVES}
-    for key, allowed in choices.items():
-        value = config[key] if "." not in key else config[key.split(".")[0]][key.split(".")[1]]
-        if value not in allowed:
-            near = difflib.get_close_matches(str(value), allowed, n=1)
-            raise ConfigError(f"{key}={value!r}: expected one of {allowed}"
-                              + (f" (did you mean {near[0]!r}?)" if near else ""))
-    if config.eval.beam < 1:
-        raise ConfigError(f"eval.beam={config.eval.beam}: expected 1 (greedy) or more (beam width)")
-    if config.eval.compare_beam < 0 or (config.eval.compare_beam and config.eval.compare_beam == config.eval.beam):
-        raise ConfigError(f"eval.compare_beam={config.eval.compare_beam}: expected 0 (off) or a width other "
-                          f"than eval.beam={config.eval.beam} (1: greedy)")
 
 
 def results_table(summary: dict) -> str:
@@ -303,6 +292,9 @@ def _decode_eval(steps: Steps, params, data, config, step: int, reporter, workdi
     for sample in found.samples:
         sources = [_input_text(p, data) for p in sample.inputs[:n]]
         reporter.samples(step, sample.name, sources, sample.hyps, sample.refs, n)
+    if jax.process_index() == 0:  # pictures of test inputs, eval/results.png
+        from bertgen_jax import eval_pictures  # noqa: PLC0415
+        eval_pictures.report(found, data, step, reporter, os.path.join(workdir, "eval"))
     return found.rows
 
 

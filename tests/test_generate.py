@@ -157,3 +157,27 @@ def test_empty_and_bad_inputs_get_clear_answers(world, tmp_path, capsys):
     assert capsys.readouterr().err.startswith("error: image 'no-such-image' is not in the feature store")
     assert generate.main(["--model", str(tmp_path / "nothing-here"), "--task", "caption", "--lang", "de"]) == 1
     assert "no model_config.json" in capsys.readouterr().err
+
+
+def test_cli_sampling_prints_n_lines_per_input_and_refuses_bad_options(world, tmp_path, capsys):
+    root, store, model, vocab_file = world
+    gen = generate.Generator(model, vocab_file, store)
+    gen.export(str(tmp_path / "m"))
+    sources = ["a red ball", "two small cubes"]
+    (tmp_path / "src.txt").write_text("\n".join(sources) + "\n")
+    want = gen.translate(sources, "fr", max_len=6, do_sample=True, top_k=50, seed=7, num_return_sequences=3)
+    assert [len(w) for w in want] == [3, 3] and len(set(want[0])) > 1  # three different draws per input
+    cli = ["--model", str(tmp_path / "m"), "--task", "translate", "--lang", "fr", "--input", str(tmp_path / "src.txt"),
+           "--max-len", "6"]
+    assert generate.main(cli + ["--do-sample", "--top-k", "50", "--seed", "7", "--num-return-sequences", "3"]) == 0
+    assert capsys.readouterr().out.splitlines() == want[0] + want[1]  # input 1's three lines, then input 2's
+    out = tmp_path / "out.txt"
+    for bad, flag in [(["--do-sample", "--top-p", "1.5"], "--top-p"), (["--do-sample", "--top-p", "0"], "--top-p"),
+                      (["--do-sample", "--temperature", "0"], "--temperature"), (["--do-sample", "--top-k", "-1"], "--top-k"),
+                      (["--do-sample", "--num-return-sequences", "0"], "--num-return-sequences"),
+                      (["--temperature", "0.5"], "--temperature"), (["--do-sample", "--beam", "2"], "--do-sample")]:
+        with pytest.raises(SystemExit) as exited:
+            generate.main(cli + bad + ["--output", str(out)])
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert exited.value.code == 2 and len(errors) == 1 and flag in errors[0], (bad, errors)
+        assert not out.exists()

@@ -225,8 +225,8 @@ def test_an_unknown_single_task_stream_is_one_error_line_not_a_traceback(manifes
     out = subprocess.run([sys.executable, "-m", "bertgen_jax.main", "--config", "configs/single_task.py:mt_en-xx",
                           "--workdir", str(tmp_path / "run"), f"--config.data.manifest={manifest}"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1, out.stderr[-2000:]
-    assert "ERROR root: data.train_streams names ['mt_en-xx'], not train streams of" in out.stderr, out.stderr[-2000:]
+    assert out.returncode == 2, out.stderr[-2000:]  # a config value: a usage error
+    assert "error: data.train_streams names ['mt_en-xx'], not train streams of" in out.stderr, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
 
 

@@ -304,3 +304,22 @@ def test_missing_paths_and_unknown_modes_are_clear_errors(tmp_path):
         weights.init_model(M.ModelConfig(), "mbert")
     with pytest.raises(FileNotFoundError, match="neither model.safetensors nor pytorch_model.bin"):
         weights.init_model(M.ModelConfig(), "bert", bert_path=str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["random", "bert", "visual", "hybrid", "bertgen"])
+def test_every_init_mode_gives_the_same_parameters_for_the_one_pass_objective(mode, vlbert_file, tiny_hf_dir):
+    """The one-pass objective changes how a model is fed and decoded, not its parameters: every
+    init mode loads exactly the same arrays, and the objective is carried into the config."""
+    import dataclasses
+    path, _ = vlbert_file
+    paths = {"random": {}, "bert": {"bert_path": tiny_hf_dir}, "visual": {"vlbert_path": path},
+             "hybrid": {"bert_path": tiny_hf_dir, "vlbert_path": path}, "bertgen": {"bertgen_path": path}}[mode]
+    base = TINY_VISUAL if mode != "bert" else dataclasses.replace(TINY_VISUAL, vocab_size=120)
+    unrolled, cfg_u, _ = weights.init_model(base, mode, **paths)
+    one_pass, cfg_o, _ = weights.init_model(dataclasses.replace(base, objective="one_pass"), mode, **paths)
+    assert (cfg_u.objective, cfg_o.objective) == ("unrolled", "one_pass")
+    assert dataclasses.replace(cfg_o, objective="unrolled") == cfg_u
+    a, b = params_of(unrolled), params_of(one_pass)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -17,6 +18,7 @@ import numpy as np
 from bertgen_jax.data.records import BadRecord, DataError, Regions
 
 _FLOAT32 = np.dtype("<f4")
+_NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 
 def decode_regions(entry: Mapping[str, object], *, file, record: str,
@@ -74,9 +76,15 @@ def _float32_field(entry, field, file, record) -> np.ndarray:
         raise DataError(file, record, field,
                         f"expected a base64 string, got {type(value).__name__}")
     try:
-        raw = base64.b64decode(value)
+        # validate=True: a stray character is an error here, not silently dropped and reported
+        # later as an array of the wrong size.
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as err:
-        raise DataError(file, record, field, f"is not valid base64 ({err})") from None
+        text = value.decode("latin-1") if isinstance(value, bytes) else value
+        bad = _NOT_BASE64.search(text)
+        why = f"character {bad.group()!r} at offset {bad.start()}" if bad else str(err)
+        raise DataError(file, record, field, f"is not valid base64 ({why})",
+                        "the feature file is damaged: re-create it") from None
     if len(raw) % _FLOAT32.itemsize:
         raise DataError(file, record, field,
                         f"decodes to {len(raw)} bytes, not a whole number of float32 values")

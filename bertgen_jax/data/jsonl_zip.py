@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
@@ -144,8 +145,12 @@ class JsonlZipCaptions:
         record = f"member {member} (from {os.path.basename(self.path)} line {number})"
         try:
             obj = json.loads(self._open_zip(zip_path, f"line {number}").read(member))
-        except zipfile.BadZipFile as err:
-            raise DataError(zip_path, record, None, f"cannot be read ({err})") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as err:
+            # A damaged member fails only when read (bad CRC, truncated or corrupt deflate data,
+            # an unsupported compression): each is named here, not raised bare from zlib.
+            what = "cannot be decompressed" if isinstance(err, zlib.error) else "cannot be read"
+            raise DataError(zip_path, record, None, f"{what} ({err})",
+                            "the zip is damaged: re-create or re-download it") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise DataError(zip_path, record, None, f"is not valid JSON ({err})") from None
         if not isinstance(obj, dict):

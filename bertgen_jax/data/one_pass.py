@@ -27,8 +27,8 @@ import dataclasses
 import numpy as np
 
 from bertgen_jax import vocab
-from bertgen_jax.data.unroll import Pair, fit_budget
-from bertgen_jax.layout import KIND_END, KIND_REGION, KIND_TEXT, TASKS, TYPE_TEXT, TYPE_VISUAL
+from bertgen_jax.data.unroll import Pair, fitted_head
+from bertgen_jax.layout import KIND_END, KIND_REGION, KIND_TEXT, TYPE_TEXT, TYPE_VISUAL
 
 OBJECTIVES = ("unrolled", "one_pass")
 
@@ -58,30 +58,13 @@ def context_positions(h: int, regions: int) -> np.ndarray:
     return np.concatenate([np.arange(h), np.full(regions, h + 2), [h + 3]]).astype(np.int32)
 
 
-def segment_length(pair: Pair, budget: int) -> int:
-    """Tokens of the pair's segment once fitted to budget."""
-    src, regions = fit_budget(pair, budget)
-    src = src[:0] if pair.task == "ic" else src
-    regions = 0 if pair.task == "mt" else regions
-    return 3 + len(src) + regions + 1 + 2 * len(pair.tgt_ids) + 1
-
-
 def one_pass(pair: Pair, budget: int, flip: bool = False) -> Segment:
     """The pair's segment. Source and regions are cut as for unrolling (fit_budget), so both
     objectives train on the same context; the segment itself is n tokens longer than the
     longest unrolled example (n content tokens, n+1 queries, no trailing `[SEP]`)."""
-    if pair.task not in TASKS:
-        raise ValueError(f"unknown task {pair.task!r}; expected one of {TASKS}")
-    src, regions = fit_budget(pair, budget)
-    if pair.task == "ic":
-        src = src[:0]
-    if pair.task == "mt":
-        regions = 0
-    elif regions < 1:
-        raise ValueError(f"{pair.task} pair without an image region")
+    head, regions = fitted_head(pair, budget)
     tgt = np.asarray(pair.tgt_ids, np.int32)
     n = len(tgt)
-    head = np.concatenate([[vocab.lang_tag_id(pair.tgt_lang), vocab.CLS_ID], src, [vocab.SEP_ID]]).astype(np.int32)
     h, c = len(head), len(head) + regions + 1
     kind = np.concatenate([np.full(h, KIND_TEXT), np.full(regions, KIND_REGION), [KIND_END],
                            np.full(2 * n + 1, KIND_TEXT)]).astype(np.int32)

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 
 from bertgen_jax.data.feature_store import FeatureStore
+from bertgen_jax.errors import debug_requested
 from bertgen_jax.data.jsonl_zip import JsonlZipCaptions
 from bertgen_jax.data.records import (ON_BAD_RECORD, BadRecord, DataError, Regions, SkipCounter,
                                       check_on_bad_record, handle_bad_record)
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="store directory to write")
     parser.add_argument("--on-bad-record", choices=ON_BAD_RECORD, default="skip",
                         help="skip (and list in meta.json) or stop at an unusable image")
-    parser.add_argument("--feature-dim", type=int, default=None,
+    parser.add_argument("--feature-dim", type=_positive, default=None,
                         help="expected feature size D, checked per image (default: the first's)")
     parser.add_argument("--force", action="store_true",
                         help="rebuild even if the store is up to date with its sources")
@@ -227,10 +228,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             prepare_tsv(args.tsv, args.out, args.on_bad_record,
                         columns=args.tsv_columns.split(","), feature_dim=args.feature_dim,
                         force=args.force)
-    except DataError as err:
+    except (DataError, OSError) as err:  # OSError: the store cannot be written (permissions, disk)
+        if debug_requested():
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag in its one error line)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ def fit_budget(pair: Pair, budget: int) -> tuple[np.ndarray, int]:
     return src, regions
 
 
-def unroll(pair: Pair, budget: int, flip: bool = False) -> list[Example]:
-    """The n+1 examples of a pair, shortest prefix first."""
+def fitted_head(pair: Pair, budget: int) -> tuple[np.ndarray, int]:
+    """(`[TO_X] [CLS] src [SEP]` ids, regions) of a pair cut to budget: IC has no source, MT no
+    regions, and a visual pair needs at least its whole-image region."""
     if pair.task not in TASKS:
         raise ValueError(f"unknown task {pair.task!r}; expected one of {TASKS}")
     src, regions = fit_budget(pair, budget)
@@ -98,8 +99,14 @@ def unroll(pair: Pair, budget: int, flip: bool = False) -> list[Example]:
         regions = 0
     elif regions < 1:
         raise ValueError(f"{pair.task} pair without an image region")
+    head = np.concatenate([[vocab.lang_tag_id(pair.tgt_lang), vocab.CLS_ID], src, [vocab.SEP_ID]])
+    return head.astype(np.int32), int(regions)
+
+
+def unroll(pair: Pair, budget: int, flip: bool = False) -> list[Example]:
+    """The n+1 examples of a pair, shortest prefix first."""
+    head, regions = fitted_head(pair, budget)
     tgt = np.asarray(pair.tgt_ids, np.int32)
-    head = np.concatenate([[vocab.lang_tag_id(pair.tgt_lang), vocab.CLS_ID], src, [vocab.SEP_ID]]).astype(np.int32)
     out = []
     for t in range(len(tgt) + 1):
         text = np.concatenate([head, tgt[:t], [vocab.MASK_ID, vocab.SEP_ID]]).astype(np.int32)

@@ -11,6 +11,7 @@ Shapes are fixed per batch (context buffer, max_len cache slots), so a batch siz
 bucket and max_len compile once; every row takes the same step t (rows that finished keep
 computing until all have, or max_len). Beam search runs B sentences x K beams as B * K rows
 and reorders the cache by each new hypothesis's parent (decode/beam.py `select` chooses).
+Sampling runs the greedy loop with decode/sampling.py's draw in place of the arg-max.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from flax import nnx, struct
 from bertgen_jax import compiles, vocab
 from bertgen_jax.decode import engine
 from bertgen_jax.decode.beam import initial_state, select
+from bertgen_jax.decode.sampling import Sampler, streams
 from bertgen_jax.layout import KIND_END, KIND_PAD, KIND_REGION, KIND_TEXT, TYPE_TEXT, TYPE_VISUAL
 
 
@@ -102,8 +104,10 @@ class CachedState:
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _greedy(graphdef, state, inp, valid, lc, max_len):
-    compiles.record("cached_greedy", inp["head"].shape, lc, inp["projected"].shape[1], max_len)
+def _greedy(graphdef, state, inp, valid, lc, max_len, sampler: Sampler | None = None):
+    """Greedy (or, given a sampler, sampled: inp["streams"] names each row's input) to the end."""
+    compiles.record("cached_greedy" if sampler is None else "cached_sampled", inp["head"].shape, lc,
+                    inp["projected"].shape[1], max_len)
     model = nnx.merge(graphdef, state)
     context = fill(model, inp, lc)
     ck, cv = context[:2]
@@ -118,7 +122,10 @@ def _greedy(graphdef, state, inp, valid, lc, max_len):
     def body(s):
         prev = s.seq[:, jnp.maximum(s.t - 1, 0)]
         logits, (keys, values) = step_logits(model, inp, context, (s.keys, s.values), prev, s.t)
-        tok = jnp.argmax(logits, -1).astype(jnp.int32)
+        if sampler is None:
+            tok = jnp.argmax(logits, -1).astype(jnp.int32)
+        else:
+            tok = sampler.pick(logits, inp["streams"], s.t)
         grow = ~s.done & (tok != vocab.STOP_ID)
         seq = jax.lax.dynamic_update_slice_in_dim(s.seq, jnp.where(grow, tok, 0)[:, None], s.t, 1)
         done = s.done | (tok == vocab.STOP_ID) | (s.t + 1 >= max_len)  # a row ends at [STOP] or max_len tokens
@@ -131,11 +138,13 @@ def context_buffer(ctxs) -> int:
     return engine.round_up(max(map(engine.fixed_positions, ctxs)), engine.BUFFER_BUCKET)
 
 
-def _batches(model, pairs, regions, budget, max_len, batch_size):
+def _batches(model, pairs, regions, budget, max_len, batch_size, samples=1, sampled=False):
     """(indices, inputs, valid rows, graphdef, state, context buffer) per batch; similar contexts
-    share a batch, and every batch has the shapes of the longest context."""
+    share a batch, and every batch has the shapes of the longest context. Each pair is `samples`
+    rows; when sampled, inputs hold each row's "streams" (sampling.streams)."""
     ctxs = engine.contexts(pairs, budget)
     engine.check_positions(model, ctxs, max_len)
+    ids, ctxs = streams(ctxs, samples), [c for c in ctxs for _ in range(samples)]
     regions_of, (graphdef, state) = engine.cached_regions(regions), engine.eval_split(model)
     lc, ordered = context_buffer(ctxs), engine.order(ctxs)
     for start in range(0, len(ordered), batch_size):
@@ -143,15 +152,20 @@ def _batches(model, pairs, regions, budget, max_len, batch_size):
         inp = engine.host_inputs([ctxs[i] for i in idx], regions_of, batch_size, model.cfg.feature_dim,
                                  sized_for=ctxs)
         valid, _ = inp.pop("valid"), inp.pop("fixed")
+        if sampled:  # padding rows (valid False) are done from the start: any stream
+            inp["streams"] = ids[np.resize(idx, batch_size)]
         inp["projected"] = engine.project(graphdef, state, {k: inp.pop(k) for k in engine.REGION_KEYS})
         yield idx, inp, valid, graphdef, state, lc
 
 
-def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=None) -> list[np.ndarray]:
-    """Greedy ids (no [STOP]) of a one-pass model for each pair, in input order."""
-    out = [None] * len(pairs)
-    for idx, inp, valid, graphdef, state, lc in _batches(model, pairs, regions, budget, max_len, batch_size):
-        loop = _greedy(graphdef, state, inp, valid, lc, max_len)
+def greedy(model, pairs, regions=None, *, max_len=150, batch_size=32, budget=None, sampler=None,
+           samples=1) -> list[np.ndarray]:
+    """Greedy ids (no [STOP]) of a one-pass model for each pair, in input order; given a sampler,
+    `samples` draws per pair instead, the samples of a pair next to each other."""
+    out = [None] * (len(pairs) * samples)
+    batches = _batches(model, pairs, regions, budget, max_len, batch_size, samples, sampler is not None)
+    for idx, inp, valid, graphdef, state, lc in batches:
+        loop = _greedy(graphdef, state, inp, valid, lc, max_len, sampler)
         seq, lengths = np.asarray(loop.seq), np.asarray(loop.lengths)
         for r, i in enumerate(idx):
             out[i] = seq[r, :lengths[r]].copy()

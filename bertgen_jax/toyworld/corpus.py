@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ..files import write_atomic
 from ..vocab import SPECIAL_IDS
 from . import captions
 from . import scenes
@@ -273,7 +274,8 @@ def write_corpus(corpus: Corpus, out_dir, progress: bool = False) -> dict:
                          "scenes": f"scenes_{s}.jsonl"} for s in SPLITS},
         "streams": corpus.streams,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    # Last and whole: a manifest.json present means a complete corpus (datasets reuses it as is).
+    write_atomic(str(out / "manifest.json"), json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
     return manifest
 
 
