@@ -65,12 +65,17 @@ def write_model_config(out_dir: str, cfg: ModelConfig) -> None:
 
 def read_model_config(model_dir: str) -> ModelConfig:
     path = _model_file(model_dir, MODEL_CONFIG)
-    with open(path, encoding="utf-8") as f:
-        fields = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            fields = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: not a readable model config ({err}); restore it from a copy "
+                              "or export the model again") from err
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    if set(fields) - known:
-        raise ValueError(f"{path}: unknown ModelConfig fields {sorted(set(fields) - known)}; "
-                         "was it written by a newer bertgen_jax? Use that version to load it")
+    if not isinstance(fields, dict) or set(fields) - known:
+        extra = sorted(set(fields) - known) if isinstance(fields, dict) else type(fields).__name__
+        raise CheckpointError(f"{path}: unknown ModelConfig fields {extra}; was it written by a newer "
+                              "bertgen_jax? Use that version to load it")
     return ModelConfig(**fields)
 
 

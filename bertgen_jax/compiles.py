@@ -1,4 +1,5 @@
-"""One compile counter for every jitted function of the package.
+"""One compile counter: the train and eval steps and every decoder stage record their compiles here
+(the uncached reference decoders of decode/reference.py, used by tests and benchmarks, do not).
 
 A jitted function's Python body runs only while JAX traces it, i.e. once per compile, so a
 function that calls `record(name, *key)` first thing counts its own compiles, keyed by the

@@ -123,6 +123,12 @@ def _relations(config) -> None:
     if width % heads:
         raise ConfigError(f"model.hidden_size={width}: not a multiple of model.num_heads={heads}; "
                           "change one so each head gets a whole share of the width")
+    # A text-only example's [END] sits at position = its length (no region token holds T), so an
+    # MT budget as large as the position table would put it one past the end (a NaN embedding).
+    mt, positions = dict(_get(config, "data.budgets"))["mt"], _get(config, "model.max_positions")
+    if mt >= positions:
+        raise ConfigError(f"data.budgets.mt={mt}: an MT example of that length puts [END] at position {mt}, "
+                          f"past model.max_positions={positions}; give at most {positions - 1}")
     beam, other = _get(config, "eval.beam"), _get(config, "eval.compare_beam")
     if other and other == beam:
         raise ConfigError(f"eval.compare_beam={other}: expected 0 (off) or a width other than "

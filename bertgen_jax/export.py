@@ -125,22 +125,36 @@ def save_bertgen(model: BertGen, path: str) -> None:
         tensors[key] = tensors[WORDS] if key == TIED else torch.from_numpy(value.copy())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
-    torch.save({"state_dict": tensors}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"state_dict": tensors}, tmp)
+        os.replace(tmp, path)
+    finally:  # a failed save (a full disk) leaves no partial file behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def export(model_path: str, fmt: str, out: str, step: int | None = None) -> None:
     model = checkpoint.load_model(model_path, step)
+    if model.cfg.objective != "unrolled":  # neither format records how the model was trained
+        print(f"warning: {model_path} was trained with objective={model.cfg.objective!r}; the {fmt} format "
+              "does not record it, and the original's code decodes with the unrolled layout, which this "
+              "model was not trained for", file=sys.stderr)
     if fmt == "bertgen":
         save_bertgen(model, out)
     else:
         weights.export_hf(model, out, vocab_file=checkpoint.vocab_file(model_path))
 
 
+def _step(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a checkpoint step, an integer >= 0, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="training workdir or exported directory")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--step", type=_step, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="bertgen: the original's torch .model file; hf: a Hugging Face BertForMaskedLM directory")
     p.add_argument("out", help="the file (bertgen) or directory (hf) to write")

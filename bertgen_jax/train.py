@@ -27,7 +27,7 @@ from bertgen_jax.checkpoint import (MODEL_CONFIG, Checkpoints, check_workdir, ch
                                     save_model_files)
 from bertgen_jax.files import write_atomic
 from bertgen_jax.data import datasets
-from bertgen_jax.data.pipeline import BatchIterator, Stream
+from bertgen_jax.data.pipeline import BatchIterator, Stream, first_misfit
 from bertgen_jax.data.rows import RowSpec
 from bertgen_jax.model import ModelConfig
 from bertgen_jax.reporting import Reporter, summarize
@@ -62,13 +62,6 @@ def run(config, workdir: str) -> dict:
 
     # 1. data
     budgets = dict(config.data.budgets)
-    # A text-only example's [END] sits at position = its length (no region token holds T), so an
-    # MT budget as large as the position table would put it one past the end (a NaN embedding;
-    # the original fails there too). Pairs that long are cut one token shorter instead.
-    if budgets.get("mt", 0) >= config.model.max_positions:
-        log.warning("data.budgets['mt']=%d: [END] would reach position %d of a %d-row table; using %d",
-                    budgets["mt"], budgets["mt"], config.model.max_positions, config.model.max_positions - 1)
-        budgets["mt"] = config.model.max_positions - 1
     # Only the first process may generate ToyWorld; the others read it after the barrier.
     data = datasets.load(config.data, workdir, budgets.__getitem__, is_first_process=True) if first else None
     if jax.process_count() > 1:  # the first process generated and prepared; the rest read
@@ -120,6 +113,12 @@ def run(config, workdir: str) -> dict:
                              objective=config.objective)
 
     # 4. resume
+    misfit = first_misfit([s for split in ("train", "val") for s in data.splits.get(split, [])], spec, budgets,
+                          config.objective)
+    if misfit:
+        keys = "one_pass" if one_pass else "data"
+        raise ConfigError(f"{misfit}: raise {keys}.row_length / {keys}.targets_per_row / {keys}.regions_per_row "
+                          "or lower data.budgets")
     train_it = iterator(train_splits, train=True)
     ckpt = Checkpoints(checkpoint_dir(workdir), config.train.checkpoint_every,
                        config.train.keep_checkpoints, config.train.async_checkpoints)
@@ -213,14 +212,22 @@ def results_table(summary: dict) -> str:
 
 
 def _check_objective(config, workdir: str) -> None:
-    """A workdir's checkpoints were trained with one objective: continuing them with the other
-    is refused before anything is written."""
+    """A workdir's checkpoints were trained with one objective and, from random weights, with
+    the sizes config.model gives: continuing them with others is refused before anything is
+    written or generated there (checkpoint.check_workdir compares the rest once the data and
+    any pretrained weights have set the model's remaining sizes)."""
     if not os.path.isfile(os.path.join(workdir, MODEL_CONFIG)):
         return
-    had = read_model_config(workdir).objective
-    if had != config.objective:
-        raise ConfigError(f"{workdir} was trained with objective={had!r}, this config has objective="
-                          f"{config.objective!r}: use another --workdir (or --config.objective={had})")
+    had = read_model_config(workdir)
+    if had.objective != config.objective:
+        raise ConfigError(f"{workdir} was trained with objective={had.objective!r}, this config has objective="
+                          f"{config.objective!r}: use another --workdir (or --config.objective={had.objective})")
+    if config.model.init == "random":
+        sizes = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions")
+        changed = [f"{k} {getattr(had, k)!r} -> {config.model[k]!r}" for k in sizes if getattr(had, k) != config.model[k]]
+        if changed:
+            raise ConfigError(f"{workdir} holds a model of other settings than this config's ({'; '.join(changed)}; "
+                              f"see its {MODEL_CONFIG}): use another --workdir, or that workdir's settings")
 
 
 def _init_model(config, vocab_size: int, feature_dim: int):

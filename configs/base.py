@@ -9,8 +9,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.seed = 0  # the one root seed: init, data order, box flips, dropout (folded by step)
     c.required_files = ()  # (path or tuple of alternative paths, where to get it), checked before anything starts
     # "unrolled": the original's objective, one [MASK] prediction per example, n+1 examples per
-    # target; "one_pass": all n+1 predictions of a pair in one segment (docs/specification.md,
-    # "One-pass objective") and a cached decoder. Same parameters; a workdir keeps its objective.
+    # target; "one_pass": all n+1 predictions of a pair in one segment (docs/one_pass.md) and a
+    # cached decoder. Same parameters; a workdir keeps its objective.
     c.objective = "unrolled"
 
     c.data = d = ml_collections.ConfigDict()
@@ -23,15 +23,15 @@ def get_config() -> ml_collections.ConfigDict:
     d.stream_weights = {}  # stream name -> sampling weight (default 1: equal shares, as the original)
     d.mode = "packed"  # "packed" (several examples per row) or "faithful" (one per row, as the original)
     d.row_length = 128  # tokens per row
-    d.targets_per_row = 8  # target slots per row ([MASK] in packed mode; one_pass: a pair's n+1 queries each)
+    d.targets_per_row = 8  # [MASK] slots per row (packed mode; objective one_pass uses one_pass.targets_per_row)
     d.window = 32  # pairs open at once; a batch interleaves their prefixes (1: a pair's prefixes travel together)
     d.regions_per_row = 48  # image-region slots per row
-    d.budgets = {"ic": 64, "mmt": 64, "mt": 512}  # sequence budget per task (text + boxes), as the original
+    d.budgets = {"ic": 64, "mmt": 64, "mt": 511}  # sequence budget per task (text + boxes); the original's MT 512 puts [END] past 512 positions
     d.on_bad_record = "skip"  # "skip" (count and log) or "error" (stop at the first bad record)
     d.prefetch = 2  # host batches built ahead in a background thread (0: none)
 
     # Row shape with objective "one_pass", used instead of data.row_length, data.targets_per_row,
-    # data.regions_per_row and batch.rows_per_device: a segment is n tokens longer than the
+    # data.regions_per_row and batch.rows_per_device: a segment is n - 1 tokens longer than the
     # pair's longest unrolled example and holds all its n+1 targets.
     c.one_pass = o = ml_collections.ConfigDict()
     o.row_length = 256  # tokens per row

@@ -4,7 +4,7 @@
           zero-shot and shuffled-image rows); minutes on a laptop CPU
   tiny    the same pipeline on ToyWorld `tiny` with a toy model: a smoke run of seconds
   one_pass  the demo with the one-pass objective (all targets of a pair in one pass, cached
-          decoder; docs/specification.md) in the same training time
+          decoder; docs/one_pass.md) in the same training time
   paper   the paper's 13-stream setup (docs/specification.md) with hybrid mBERT + VL-BERT init
 Any variant takes `--config.objective=one_pass`; `one_pass` also sets its own schedule.
 """
@@ -21,7 +21,7 @@ def get_config(arg: str = ""):
     small_model(c)
     if arg == "one_pass":
         # The same training time as the demo on a 2-core CPU: a one-pass step of 8 rows x 256
-        # tokens takes ~1.5x an unrolled step of 16 x 128 (benchmarks/RESULTS.md).
+        # tokens takes ~1.5x an unrolled step of 16 x 128 (docs/experiments.md).
         c.objective = "one_pass"
         c.train.update(steps=2300)
     if arg == "tiny":

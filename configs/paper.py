@@ -34,7 +34,7 @@ def configure(c):
     c.required_files = REQUIRED
     c.data.manifest = MANIFEST
     c.data.vocab = VOCAB
-    c.data.budgets = {"ic": 64, "mmt": 64, "mt": 512}
+    c.data.budgets = {"ic": 64, "mmt": 64, "mt": 511}  # 512 would put an MT [END] past the position table
     c.data.row_length = 512  # packed rows: one 512-token MT example or several visual ones
     c.data.targets_per_row = 32
     c.data.regions_per_row = 160

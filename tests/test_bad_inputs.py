@@ -110,6 +110,8 @@ def test_a_bad_config_value_on_the_command_line_is_one_line_and_leaves_the_workd
     ("data.row_length", 0, "data.row_length=0: expected an integer >= 1 (tokens per row)"),
     ("eval.max_len.ic", 0, "eval.max_len.ic=0: expected an integer >= 1 (decode length limit)"),
     ("data.budgets.mt", -1, "data.budgets.mt=-1: expected an integer >= 1 (sequence budget)"),
+    ("data.budgets.mt", 512, "data.budgets.mt=512: an MT example of that length puts [END] at position 512, "
+                             "past model.max_positions=512; give at most 511"),
     ("optim.lr", 0.0, "optim.lr=0.0: expected a number > 0 (peak learning rate)"),
     ("model.num_heads", 5, "model.hidden_size=32: not a multiple of model.num_heads=5; change one so each "
                            "head gets a whole share of the width"),
@@ -125,6 +127,20 @@ def test_a_value_that_cannot_work_is_refused_before_anything_is_read_or_written(
     assert str(err.value) == message
     assert snapshot(workdir) == before
     assert not (world / "features").exists()
+
+
+@pytest.mark.parametrize("objective,keys", [("one_pass", "one_pass"), ("unrolled", "data")])
+def test_a_row_too_small_for_the_data_is_a_config_error_before_anything_is_written(tmp_path, objective, keys):
+    from bertgen_jax import train
+    workdir, before = an_old_workdir(tmp_path)
+    own = tmp_path / "toyworld"  # the data is read (and its store built) before rows are sized: not `world`
+    toyworld.generate(str(own), seed=0, scale="tiny", progress=False)
+    config = tiny_config(own / "manifest.json", **{"objective": objective, f"{keys}.row_length": 40})
+    with pytest.raises(ConfigError, match=rf"^stream '\w+', pair \d+: needs \d+ tokens, .* in a row of 40 / .*: "
+                                          rf"raise {keys}.row_length / {keys}.targets_per_row / "
+                                          rf"{keys}.regions_per_row or lower data.budgets$"):
+        train.run(config, str(workdir))
+    assert snapshot(workdir) == before
 
 
 # -- the manifest -----------------------------------------------------------------------------
@@ -269,3 +285,20 @@ def test_generate_with_empty_input_says_so_exits_1_and_writes_nothing(tmp_path, 
     captured = capsys.readouterr()
     assert captured.err == "error: stdin: no source sentence to read (one source sentence per line)\n"
     assert captured.out == ""
+
+
+def test_a_rerun_with_other_sizes_is_refused_before_toyworld_is_generated_in_the_workdir(tmp_path):
+    """Default data (ToyWorld generated into the workdir): a rerun over a workdir whose model has
+    other sizes is refused before the corpus (100 MB at demo scale) is written there."""
+    import dataclasses
+    from bertgen_jax import checkpoint, train
+    from bertgen_jax.model import ModelConfig
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    checkpoint.write_model_config(str(workdir), dataclasses.replace(ModelConfig(), hidden_size=64, num_layers=2,
+                                                                    num_heads=4, intermediate_size=64))
+    before = snapshot(workdir)
+    with pytest.raises(ConfigError, match=r"holds a model of other settings than this config's \(hidden_size 64 -> 32; "
+                                          r"see its model_config.json\): use another --workdir"):
+        train.run(tiny_config(""), str(workdir))
+    assert snapshot(workdir) == before and sorted(os.listdir(workdir)) == ["model_config.json"]

@@ -3,10 +3,13 @@ one-pass segment every step (decode/reference.py one_pass_greedy / one_pass_beam
 token, greedy and beam, on random weights and on a model trained on ToyWorld with the one-pass
 objective; one compile per batch shape.
 
-Beam scores are sums of float32 log-softmax values over at most 20 steps, computed by the
-cached and the full forward pass in different reduction orders (a cache of 2 new tokens
-against a full row): each term may differ by a few ulps of numbers of magnitude <= ~20, so
-1e-4 bounds the sum with a wide margin; token ids must be equal exactly."""
+Beam scores are sums of up to 20 float32 log-probabilities, computed by the cached and the full
+pass in different reduction orders (two new tokens against a cache vs a whole row). A logit of
+these 32/64-wide, 2-layer models is a chain of H-term dot products of O(10) partial sums, so
+reassociation moves it by about sqrt(H) * u * 10 ~ 8 * 6e-8 * 10 ~ 5e-6 (u: float32 unit
+roundoff); a log-softmax value moves by at most twice its logits' largest change, ~1e-5; 20 such
+terms add as a random walk to ~5e-5. Bound 1e-4 (2x that; measured: 4e-6 on the random model).
+A wrong cache changes a score by O(0.1) or more. Token ids must be equal exactly."""
 
 import numpy as np
 import pytest

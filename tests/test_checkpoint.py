@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from bertgen_jax import checkpoint
+from bertgen_jax.errors import CheckpointError
 from bertgen_jax.model import BertGen, ModelConfig
 
 CFG = ModelConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=24,
@@ -42,10 +43,13 @@ def test_model_config_round_trip_and_errors(tmp_path, monkeypatch):
     with open(tmp_path / "model_config.json") as f:
         fields = json.load(f)
     (tmp_path / "model_config.json").write_text(json.dumps({**fields, "rotary": True}))
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(CheckpointError) as err:  # the command line's one-line, exit-1 error
         checkpoint.read_model_config("~")
     assert str(err.value) == (f"{tmp_path}/model_config.json: unknown ModelConfig fields ['rotary']; was it "
                               "written by a newer bertgen_jax? Use that version to load it")
+    (tmp_path / "model_config.json").write_text('{"hidden_size": 3')  # cut short
+    with pytest.raises(CheckpointError, match=r"model_config.json: not a readable model config \(.*\); restore it"):
+        checkpoint.read_model_config("~")
     with pytest.raises(FileNotFoundError) as err:
         checkpoint.vocab_file("~")
     assert str(err.value) == ("~: no vocab.txt; expected a training workdir or a directory written by "

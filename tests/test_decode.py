@@ -258,7 +258,7 @@ def train_tiny(root: str, objective: str = "unrolled", steps: int = 250):
     # visual_ln 0.1, not 1: a unit-variance image term would drown the 0.02-scale word embeddings.
     cfg = M.ModelConfig(vocab_size=manifest["vocab_size"], hidden_size=64, num_layers=2, num_heads=4,
                         intermediate_size=128, max_positions=160, feature_dim=TW_FEAT, box_frequencies=4,
-                        visual_ln_init=0.1, dropout=0.0, attention_dropout=0.0)
+                        visual_ln_init=0.1, dropout=0.0, attention_dropout=0.0, objective=objective)
     model = numpy_model(cfg)
     # A functional step: nnx.jit's per-call graph traversal would cost more than the step.
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)

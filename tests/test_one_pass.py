@@ -135,8 +135,9 @@ def test_the_loss_is_the_mean_of_separate_passes_one_per_query(packed):
 
 def test_the_pipeline_packs_whole_pairs_and_resumes():
     """One-pass batches: each pair whole in one row (its n+1 labels y_1..y_n [STOP] in order,
-    each slot tagged with its stream), rows denser than unrolled ones, and a restored state
-    continues with identical batches; an unrolled iterator's state is refused."""
+    each slot tagged with its stream), rows mostly filled (whole segments pack less tightly than
+    unrolled examples: 0.88 against 0.96 real tokens here), and a restored state continues with
+    identical batches; an unrolled iterator's state is refused."""
     import json
     from bertgen_jax.data.pipeline import BatchIterator
     from bertgen_jax.data.rows import real_token_fraction
@@ -171,3 +172,46 @@ def test_the_pipeline_packs_whole_pairs_and_resumes():
         fresh.set_state(unrolled.get_state())
     with pytest.raises(ValueError, match="attention_rank"):
         BatchIterator(three_streams(), PSTORE, RowSpec(128, 48, 32, 8), 4, objective="one_pass")
+
+
+def test_the_row_fit_check_counts_what_the_layouts_build():
+    """first_misfit's arithmetic = the real lengths of unroll()'s longest example and one_pass()'s
+    segment: a row of exactly that size fits, one token less does not."""
+    from bertgen_jax.data.pipeline import Stream, first_misfit
+    for pair in PAIRS:
+        for objective, longest in (("unrolled", unroll(pair, 64)[-1]), ("one_pass", one_pass(pair, 64))):
+            exact = RowSpec(len(longest), len(longest.labels), max(1, longest.num_regions), FEAT)
+            assert first_misfit([Stream("s", [pair])], exact, {pair.task: 64}, objective) is None
+            short = RowSpec(len(longest) - 1, len(longest.labels), max(1, longest.num_regions), FEAT)
+            assert f"needs {len(longest)} tokens" in first_misfit([Stream("s", [pair])], short, {pair.task: 64}, objective)
+
+
+def test_the_attention_mask_is_the_rule_written_out():
+    """model.attention_allowed on a one-pass row = the rule written by role, not by rank: C sees
+    C; y_j sees C and y_1..y_j; Q_i sees C, y_1..y_(i-1) and itself; padding sees nothing useful
+    and is seen by nobody. And the decoders' uncached segment (reference.one_pass_example) is the
+    training segment cut to C, y_<t, Q_t."""
+    import jax.numpy as jnp
+    from bertgen_jax.decode import engine, reference
+    from bertgen_jax.model import attention_allowed
+    for pair in PAIRS:
+        seg = one_pass(pair, budget=64)
+        n = len(seg.labels) - 1
+        c = len(seg) - 2 * n - 1
+        row = stack_rows([assemble_row([seg], SPEC, REGIONS)])
+        got = np.asarray(attention_allowed({k: jnp.asarray(v) for k, v in row.items()}))[0, 0]
+        role = [("C", 0)] * c + [("y", j) for j in range(1, n + 1)] + [("Q", i) for i in range(1, n + 2)]
+        want = np.zeros((len(seg), len(seg)), bool)
+        for q, (rq, iq) in enumerate(role):
+            for k, (rk, ik) in enumerate(role):
+                want[q, k] = (rk == "C" if rq == "C" else
+                              rk == "C" or (rk == "y" and ik <= iq) if rq == "y" else
+                              rk == "C" or (rk == "y" and ik < iq) or q == k)
+        np.testing.assert_array_equal(got[:len(seg), :len(seg)], want, err_msg=pair.task)
+        assert not got[:len(seg), len(seg):].any()  # nobody sees padding
+        ctx = engine.contexts([pair], budget=64)[0]
+        for t in range(n + 1):
+            cut = reference.one_pass_example(ctx, pair.tgt_ids[:t])
+            keep = np.concatenate([np.arange(c), c + np.arange(t), [seg.mask_indices[t]]])
+            for f in PER_TOKEN:
+                np.testing.assert_array_equal(getattr(cut, f), getattr(seg, f)[keep], err_msg=f"{f} t={t}")

@@ -60,7 +60,7 @@ def context_positions(h: int, regions: int) -> np.ndarray:
 
 def one_pass(pair: Pair, budget: int, flip: bool = False) -> Segment:
     """The pair's segment. Source and regions are cut as for unrolling (fit_budget), so both
-    objectives train on the same context; the segment itself is n tokens longer than the
+    objectives train on the same context; the segment itself is n - 1 tokens longer than the
     longest unrolled example (n content tokens, n+1 queries, no trailing `[SEP]`)."""
     head, regions = fitted_head(pair, budget)
     tgt = np.asarray(pair.tgt_ids, np.int32)

@@ -35,7 +35,7 @@ import numpy as np
 from bertgen_jax.data.one_pass import OBJECTIVES, one_pass
 from bertgen_jax.data.records import Regions
 from bertgen_jax.data.rows import MODES, RowFiller, RowSpec, assemble_row, stack_rows
-from bertgen_jax.data.unroll import Example, Pair, unroll
+from bertgen_jax.data.unroll import Example, Pair, fitted_head, unroll
 
 # Sequence budgets of the original: text + boxes for visual tasks, text alone for MT.
 DEFAULT_BUDGETS = {"ic": 64, "mmt": 64, "mt": 512}
@@ -69,6 +69,25 @@ def regions_reader(source) -> Callable[[int], tuple[np.ndarray, np.ndarray, np.n
             return found.boxes, found.features, np.array([found.image_w, found.image_h], np.float32)
         return found
     return regions_of
+
+
+def first_misfit(streams: Sequence[Stream], spec: RowSpec, budget_for, objective: str = "unrolled") -> str | None:
+    """Where the first pair whose longest example (unrolled) or segment (one_pass) does not fit
+    a row of `spec` is, and what it needs; None when all fit. Checked before a run writes
+    anything, so that a row too small is a config error, not a failure at the first batch."""
+    budget_for = budget_for.__getitem__ if isinstance(budget_for, Mapping) else budget_for
+    for s in streams:
+        for i, pair in enumerate(s.pairs):
+            head, regions = fitted_head(pair, budget_for(pair.task))
+            n = len(pair.tgt_ids)
+            if objective == "one_pass":  # context, n content tokens, n+1 queries
+                tokens, targets = len(head) + regions + 1 + 2 * n + 1, n + 1
+            else:  # the full prefix, [MASK] [SEP], regions, [END]
+                tokens, targets = len(head) + n + 2 + regions + 1, 1
+            if tokens > spec.length or targets > spec.targets or regions > spec.regions:
+                return (f"stream {s.name!r}, pair {i}: needs {tokens} tokens, {targets} targets and {regions} "
+                        f"regions in a row of {spec.length} / {spec.targets} / {spec.regions}")
+    return None
 
 
 class BatchIterator(grain.DatasetIterator):

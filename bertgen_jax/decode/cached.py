@@ -143,7 +143,7 @@ def _batches(model, pairs, regions, budget, max_len, batch_size, samples=1, samp
     share a batch, and every batch has the shapes of the longest context. Each pair is `samples`
     rows; when sampled, inputs hold each row's "streams" (sampling.streams)."""
     ctxs = engine.contexts(pairs, budget)
-    engine.check_positions(model, ctxs, max_len)
+    engine.check_positions(model, ctxs, max_len, beyond=max(-1, 3 - max_len))  # last query, or [END] at h + 3
     ids, ctxs = streams(ctxs, samples), [c for c in ctxs for _ in range(samples)]
     regions_of, (graphdef, state) = engine.cached_regions(regions), engine.eval_split(model)
     lc, ordered = context_buffer(ctxs), engine.order(ctxs)

@@ -66,13 +66,15 @@ def contexts(pairs, budget=None) -> list[Context]:
     return out
 
 
-def check_positions(model, ctxs, max_len) -> None:
-    # [END] of the longest row sits at h + max_len + 2 (the last [MASK] follows max_len - 1 tokens).
+def check_positions(model, ctxs, max_len, beyond=2) -> None:
+    """The highest position a decode uses, h + max_len + beyond, must be in the model's table:
+    unrolled rows put [END] at h + max_len + 2 (the last [MASK] follows max_len - 1 tokens);
+    one-pass decoding (cached.py) puts its last query at h + max_len - 1 (beyond=-1)."""
     for i, c in enumerate(ctxs):
-        if len(c.head) + max_len + 2 >= model.cfg.max_positions:
-            raise ValueError(f"pair {i}: a context of {len(c.head)} tokens plus max_len={max_len} "
-                             f"exceeds the model's {model.cfg.max_positions} positions: lower max_len "
-                             "or pass a budget (as in training: longer contexts are cut to it)")
+        if len(c.head) + max_len + beyond >= model.cfg.max_positions:
+            raise ValueError(f"pair {i}: a context of {len(c.head)} tokens plus max_len={max_len} reaches "
+                             f"position {len(c.head) + max_len + beyond}, past the model's {model.cfg.max_positions} "
+                             "positions: lower max_len or pass a budget (as in training: longer contexts are cut to it)")
 
 
 def round_up(n, m):

@@ -141,7 +141,7 @@ def one_pass_greedy(model, pairs, regions=None, *, max_len=150, budget=None) -> 
     unfinished pair (one_pass_example), padded to buckets of 32 tokens and rows; what
     decode/cached.py must equal token for token."""
     ctxs = engine.contexts(pairs, budget)
-    engine.check_positions(model, ctxs, max_len)
+    engine.check_positions(model, ctxs, max_len, beyond=max(-1, 3 - max_len))
     regions_of, (graphdef, state) = engine.cached_regions(regions), engine.eval_split(model)
     prefixes, live = [[] for _ in ctxs], list(range(len(ctxs)))
     for _ in range(max_len):
@@ -165,7 +165,7 @@ def one_pass_beam(model, pairs, regions=None, *, beam=4, max_len=150, length_pen
     live hypothesis (one_pass_example) and hands its logits to decode/beam.py's `select`; what
     decode/cached.py's beam search must equal."""
     ctxs = engine.contexts(pairs, budget)
-    engine.check_positions(model, ctxs, max_len)
+    engine.check_positions(model, ctxs, max_len, beyond=max(-1, 3 - max_len))
     regions_of, (graphdef, state) = engine.cached_regions(regions), engine.eval_split(model)
     n = len(ctxs)
     loop = initial_state(n, beam, max_len, np.ones(n, bool))
