@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     p.add_argument("--do-sample", action="store_true", help="draw each token instead of greedy/beam search")
     p.add_argument("--temperature", type=_number(float, lambda v: v > 0, "a number > 0"),
                    help="sampling: logits are divided by it (default 1)")
-    p.add_argument("--top-k", type=_at_least(0), help="sampling: draw from the k likeliest tokens (default 0: all)")
+    p.add_argument("--top-k", type=_at_least(1), help="sampling: draw from the k likeliest tokens (default: all)")
     p.add_argument("--top-p", type=_number(float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
                    help="sampling: then from the smallest set of mass >= p (default 1: all)")
     p.add_argument("--seed", type=_number(int, lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2**32)"),

@@ -86,3 +86,13 @@ def test_cached_beam_equals_full_recompute_on_a_trained_model(trained):
     assert_same_beams(got, want, pairs)
     greedy = cached.greedy(model, pairs, store, max_len=TW_MAX_LEN, batch_size=16)
     assert sum(not np.array_equal(ids, g) for (ids, _), g in zip(got, greedy)) >= 1  # beam found other outputs
+
+
+def test_a_model_is_decoded_only_as_it_was_trained():
+    from bertgen_jax import decode
+    model = random_model()  # unrolled (ModelConfig's default)
+    with pytest.raises(ValueError, match=r"^this model was trained with objective='unrolled' and cannot be decoded "
+                                         r"as 'one_pass': its model_config.json decides the decoder$"):
+        decode.generate(model, PAIRS[:1], STORE, max_len=2, objective="one_pass")
+    with pytest.raises(ValueError, match=r"^objective 'onepass' is not one of \('unrolled', 'one_pass'\)$"):
+        decode.generate(model, PAIRS[:1], STORE, max_len=2, objective="onepass")

@@ -173,7 +173,7 @@ def test_cli_sampling_prints_n_lines_per_input_and_refuses_bad_options(world, tm
     assert capsys.readouterr().out.splitlines() == want[0] + want[1]  # input 1's three lines, then input 2's
     out = tmp_path / "out.txt"
     for bad, flag in [(["--do-sample", "--top-p", "1.5"], "--top-p"), (["--do-sample", "--top-p", "0"], "--top-p"),
-                      (["--do-sample", "--temperature", "0"], "--temperature"), (["--do-sample", "--top-k", "-1"], "--top-k"),
+                      (["--do-sample", "--temperature", "0"], "--temperature"), (["--do-sample", "--top-k", "0"], "--top-k"),
                       (["--do-sample", "--num-return-sequences", "0"], "--num-return-sequences"),
                       (["--temperature", "0.5"], "--temperature"), (["--do-sample", "--beam", "2"], "--do-sample")]:
         with pytest.raises(SystemExit) as exited:

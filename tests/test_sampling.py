@@ -129,7 +129,7 @@ def test_the_first_token_follows_the_models_softmax(objective):
     model = random_model(ONE_PASS if one_pass else CFG, spread=0.6)  # logits far from uniform
     pair, n = PAIRS[1], 16000
     logp = first_token_logprobs(model, pair, one_pass)
-    for seed, (temperature, top_k, top_p) in enumerate([(1.0, 0, 1.0), (0.7, 6, 0.9)]):
+    for seed, (temperature, top_k, top_p) in enumerate([(1.0, None, 1.0), (0.7, 6, 0.9)]):
         draws = decode.generate(model, [pair], STORE, max_len=1, batch_size=2000, do_sample=True, seed=seed,
                                 temperature=temperature, top_k=top_k, top_p=top_p, num_return_sequences=n)[0]
         first = np.array([d[0] if len(d) else vocab.STOP_ID for d in draws])
@@ -149,7 +149,7 @@ def test_bad_options_are_one_line_errors_naming_the_option():
     for options, name in [({"do_sample": True, "temperature": 0.0}, "temperature"),
                           ({"do_sample": True, "temperature": -1.0}, "temperature"),
                           ({"do_sample": True, "top_p": 0.0}, "top_p"), ({"do_sample": True, "top_p": 1.5}, "top_p"),
-                          ({"do_sample": True, "top_k": -1}, "top_k"),
+                          ({"do_sample": True, "top_k": 0}, "top_k"), ({"do_sample": True, "top_k": -1}, "top_k"),
                           ({"do_sample": True, "num_return_sequences": 0}, "num_return_sequences"),
                           ({"do_sample": True, "seed": -1}, "seed"),
                           ({"temperature": 0.5}, "temperature"),  # set but greedy would ignore it

@@ -21,13 +21,13 @@ from bertgen_jax.decode.greedy import greedy as greedy_search
 
 def generate(model, pairs, regions=None, *, beam=1, max_len=150, batch_size=32, budget=None,
              length_penalty=1.0, no_repeat_ngram=0, objective=None, do_sample=False, temperature=1.0,
-             top_k=0, top_p=1.0, seed=0, num_return_sequences=1) -> list[np.ndarray] | list[list[np.ndarray]]:
+             top_k=None, top_p=1.0, seed=0, num_return_sequences=1) -> list[np.ndarray] | list[list[np.ndarray]]:
     """Output ids (no [STOP]) for each pair, in input order: greedy search when beam == 1, beam
     search of that width otherwise. regions: a feature store or image -> (boxes, features, wh);
     budget: int or {task: int} context tokens (see engine.py).
 
     do_sample: draw each token (greedy's loop, beam 1) from the softmax of logits / temperature
-    cut to the top_k tokens (0: all), then to the smallest set reaching mass top_p (1: all),
+    cut to the top_k tokens (None: all), then to the smallest set reaching mass top_p (1: all),
     Hugging Face generate's names (decode/sampling.py). seed fixes the draws whatever the batch
     size or input order; num_return_sequences > 1 returns a list of that many outputs per pair.
 

@@ -1,6 +1,6 @@
 """Sampling (beyond the original): the token choice that replaces greedy's arg-max, and the keys.
 
-`choose` divides the logits by the temperature, keeps the top_k best tokens (0: all), then of
+`choose` divides the logits by the temperature, keeps the top_k best tokens (0 inside, unset in the API: all), then of
 those the smallest set whose probability (renormalised over the top_k) reaches top_p, and draws
 one token from what is left: Hugging Face generate's order and names (t5x's conventions: a
 temperature divides the logits, top-p keeps the token that crosses p).
@@ -41,8 +41,8 @@ class Sampler:
     top_p: jax.Array  # [] float32 in (0, 1], 1: off
 
     @classmethod
-    def make(cls, seed=0, temperature=1.0, top_k=0, top_p=1.0) -> "Sampler":
-        return cls(np.uint32(seed), np.float32(temperature), np.int32(top_k), np.float32(top_p))
+    def make(cls, seed=0, temperature=1.0, top_k=None, top_p=1.0) -> "Sampler":
+        return cls(np.uint32(seed), np.float32(temperature), np.int32(top_k or 0), np.float32(top_p))
 
     def pick(self, logits, streams, step):
         """Tokens [N] int32 drawn from logits [N, V]; streams [N, 2] uint32 (checksum, stream
@@ -51,20 +51,20 @@ class Sampler:
         return choose(logits, keys, self.temperature, self.top_k, self.top_p)
 
 
-def check(*, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0, num_return_sequences=1, beam=1):
+def check(*, do_sample=False, temperature=1.0, top_k=None, top_p=1.0, seed=0, num_return_sequences=1, beam=1):
     """A one-line ValueError naming the first bad option (Hugging Face generate's names)."""
     if do_sample and not temperature > 0:
         raise ValueError(f"temperature={temperature}: must be > 0 when sampling (for greedy, do_sample=False)")
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p={top_p}: must be in (0, 1] (1: off)")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k={top_k}: must be an integer >= 0 (0: off)")
+    if top_k is not None and (int(top_k) != top_k or top_k < 1):
+        raise ValueError(f"top_k={top_k}: must be an integer >= 1 (leave it unset for no top-k cut)")
     if int(seed) != seed or not 0 <= seed < 2 ** 32:
         raise ValueError(f"seed={seed}: must be an integer in [0, 2**32)")
     if int(num_return_sequences) != num_return_sequences or num_return_sequences < 1:
         raise ValueError(f"num_return_sequences={num_return_sequences}: must be an integer >= 1")
     if not do_sample:
-        changed = [f"{k}={v}" for k, v, off in (("temperature", temperature, 1.0), ("top_k", top_k, 0),
+        changed = [f"{k}={v}" for k, v, off in (("temperature", temperature, 1.0), ("top_k", top_k, None),
                                                 ("top_p", top_p, 1.0)) if v != off]
         if changed or num_return_sequences > 1:  # greedy and beam would ignore them silently
             option = (changed or [f"num_return_sequences={num_return_sequences}"])[0]
