@@ -57,7 +57,18 @@ def run(config, workdir: str) -> dict:
     # Every other check against an existing workdir (model sizes, vocabulary, steps, checkpoint
     # state) comes before its files are written, at the end of section 4: a refused run leaves
     # the workdir, and `generate` on it, as they were.
+    created = not os.path.isdir(workdir)
     os.makedirs(workdir, exist_ok=True)
+    try:
+        return _train(config, workdir)
+    except BaseException:
+        if created and not os.listdir(workdir):  # a refused fresh run leaves no empty folder behind
+            os.rmdir(workdir)
+        raise
+
+
+def _train(config, workdir: str) -> dict:
+    """run()'s sections 1-5 in a workdir that exists and passed run()'s checks."""
     first = jax.process_index() == 0
 
     # 1. data

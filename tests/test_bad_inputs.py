@@ -141,6 +141,9 @@ def test_a_row_too_small_for_the_data_is_a_config_error_before_anything_is_writt
                                           rf"{keys}.regions_per_row or lower data.budgets$"):
         train.run(config, str(workdir))
     assert snapshot(workdir) == before
+    with pytest.raises(ConfigError, match="raise"):  # refused after the data was read: no folder left behind
+        train.run(config, str(tmp_path / "fresh"))
+    assert not (tmp_path / "fresh").exists()
 
 
 # -- the manifest -----------------------------------------------------------------------------
