@@ -113,29 +113,13 @@ def segment_lengths(batch) -> list[int]:
 
 def side_one_pass(args, cfg) -> dict:
     import jax
-    from flax import nnx
-
-    from bertgen_jax import optim, sharding
-    from bertgen_jax.model import BertGen
-    from bertgen_jax.step import Steps
     sides._jax_setup(args)
     out = {"load_start": sides._load(), "backend": jax.default_backend(),
            "row": dict(zip(("length", "targets", "regions"), ONE_PASS_ROW)), "rows": args.one_pass_rows}
     start = time.perf_counter()
     batches, _, timed_pairs, _ = pair_workload(cfg, args.one_pass_rows, args.warmup, args.steps, args.seed)
     build_s = time.perf_counter() - start
-    lr = optim.schedule(sides.LR, 1, 10 ** 6)
-    mesh = sharding.make_mesh()
-    steps = Steps(BertGen(one_pass_config(cfg), nnx.Rngs(args.seed)), optim.make_optimizer(sides.OPTIM, lr), lr,
-                  mesh, 1, args.seed)
-    params, opt_state = steps.place()
-    times = []
-    for i, host in enumerate(batches):
-        t = time.perf_counter()
-        stacked = {k: v[None] for k, v in host.items()}  # one micro-batch: [1, B, ...]
-        params, opt_state, stats = steps.train(params, opt_state, sharding.global_batch(stacked, mesh, 1), i)
-        jax.block_until_ready(stats)
-        times.append(time.perf_counter() - t)
+    times, steps, params, opt_state, stats, mesh = sides.timed_steps(one_pass_config(cfg), batches, args.seed)
     out["first_step_s"] = times[0]  # compile + run
     timed = batches[args.warmup:]
     labels = [b["labels"][b["label_weights"] > 0] for b in timed]

@@ -159,31 +159,38 @@ def _peak(measure, n: int, before: float) -> float:
 
 # -- the sides, each in its own process ---------------------------------------------------------
 
-def side_jax(args, cfg) -> dict:
-    import jax
+def timed_steps(cfg, batches, seed: int):
+    """Train a fresh model of `cfg` one step per host batch, each waited for and timed:
+    (seconds per step, Steps, params, opt_state, the last stats, mesh)."""
+    import jax  # in the side's own process, after _jax_setup
     from flax import nnx
 
     from bertgen_jax import optim, sharding
     from bertgen_jax.model import BertGen
     from bertgen_jax.step import Steps
-    _jax_setup(args)
-    peak = functools.partial(flops.peak_jax, dtype=args.dtype)
-    out = {"load_start": _load(), "peak_flops": peak(args.peak_n), "backend": jax.default_backend(),
-           "jax": jax.__version__, "matmul_precision": str(jax.config.jax_default_matmul_precision)}
-    batches, build_s = training_batches(args, cfg)
     lr = optim.schedule(LR, 1, 10 ** 6)
     mesh = sharding.make_mesh()
-    steps = Steps(BertGen(cfg, nnx.Rngs(args.seed)), optim.make_optimizer(OPTIM, lr), lr, mesh, 1, args.seed)
+    steps = Steps(BertGen(cfg, nnx.Rngs(seed)), optim.make_optimizer(OPTIM, lr), lr, mesh, 1, seed)
     params, opt_state = steps.place()
-    times = []
+    times, stats = [], None
     for i, host in enumerate(batches):
         t = time.perf_counter()
         stacked = {k: v[None] for k, v in host.items()}  # one micro-batch: [1, B, ...]
         params, opt_state, stats = steps.train(params, opt_state, sharding.global_batch(stacked, mesh, 1), i)
         jax.block_until_ready(stats)
         times.append(time.perf_counter() - t)
-        if i == 0:
-            out["first_step_s"] = times[0]  # compile + run
+    return times, steps, params, opt_state, stats, mesh
+
+
+def side_jax(args, cfg) -> dict:
+    import jax
+    _jax_setup(args)
+    peak = functools.partial(flops.peak_jax, dtype=args.dtype)
+    out = {"load_start": _load(), "peak_flops": peak(args.peak_n), "backend": jax.default_backend(),
+           "jax": jax.__version__, "matmul_precision": str(jax.config.jax_default_matmul_precision)}
+    batches, build_s = training_batches(args, cfg)
+    times, steps, params, opt_state, stats, mesh = timed_steps(cfg, batches, args.seed)
+    out["first_step_s"] = times[0]  # compile + run
     timed = batches[args.warmup:]
     labels = [b["labels"][b["label_weights"] > 0] for b in timed]
     out.update(_summary(cfg, times[args.warmup:], labels, [example_lengths(b) for b in timed]))
