@@ -63,7 +63,13 @@ def one_pass(pair: Pair, budget: int, flip: bool = False) -> Segment:
     objectives train on the same context; the segment itself is n - 1 tokens longer than the
     longest unrolled example (n content tokens, n+1 queries, no trailing `[SEP]`)."""
     head, regions = fitted_head(pair, budget)
-    tgt = np.asarray(pair.tgt_ids, np.int32)
+    return segment(head, regions, pair.image if regions else -1, pair.tgt_ids, flip)
+
+
+def segment(head, regions: int, image: int, tgt, flip: bool = False) -> Segment:
+    """The segment of a fitted context (`[TO_X] [CLS] src [SEP]` ids, region count, image) and
+    target ids; decoders build the ones of their prefixes with it too."""
+    tgt = np.asarray(tgt, np.int32)
     n = len(tgt)
     h, c = len(head), len(head) + regions + 1
     kind = np.concatenate([np.full(h, KIND_TEXT), np.full(regions, KIND_REGION), [KIND_END],
@@ -83,4 +89,4 @@ def one_pass(pair: Pair, budget: int, flip: bool = False) -> Segment:
         positions=positions.astype(np.int32), region_index=region_index, attention_rank=rank,
         mask_indices=(c + n + np.arange(n + 1)).astype(np.int32),
         labels=np.concatenate([tgt, [vocab.STOP_ID]]).astype(np.int32),
-        image=pair.image if regions else -1, num_regions=int(regions), flip=bool(flip and regions))
+        image=image, num_regions=int(regions), flip=bool(flip and regions))

@@ -30,12 +30,13 @@ from flax import nnx
 
 from bertgen_jax import compiles, vocab
 from bertgen_jax.data.pipeline import regions_reader
-from bertgen_jax.data.unroll import fit_budget
+from bertgen_jax.data.unroll import fitted_head
 from bertgen_jax.layout import KIND_END, KIND_PAD, KIND_REGION, KIND_TEXT, TASKS, TYPE_TEXT, TYPE_VISUAL
 
 LENGTH_BUCKET = 32
 BUFFER_BUCKET = 16  # finer: each stage's whole row (text, regions, [END]) is rounded to it
 MIN_REGION_SLOTS = 8
+NO_BUDGET = 1 << 30  # no cut: every context fits
 REGION_KEYS = ("region_features", "region_boxes", "region_image_wh")
 
 
@@ -48,21 +49,17 @@ class Context:
 
 
 def contexts(pairs, budget=None) -> list[Context]:
-    """Each pair's context, cut to budget (int or {task: int}) as the module docstring says."""
+    """Each pair's context, cut to budget (int or {task: int}) as the module docstring says;
+    data/unroll.py's `fitted_head` builds it, as for a training pair with an empty target."""
     out = []
     for i, p in enumerate(pairs):
-        if p.task not in TASKS:
-            raise ValueError(f"pair {i}: unknown task {p.task!r}; expected one of {TASKS}")
-        src, regions = p.src_ids, p.num_regions
-        if budget is not None:
-            b = budget if isinstance(budget, (int, np.integer)) else budget[p.task]
-            src, regions = fit_budget(dataclasses.replace(p, tgt_ids=np.zeros(0, np.int32)), b)
-        src = src[:0] if p.task == "ic" else src
-        regions = 0 if p.task == "mt" else regions
-        if p.task != "mt" and regions < 1:
-            raise ValueError(f"pair {i}: a {p.task} pair needs image regions (num_regions={p.num_regions})")
-        head = np.concatenate([[vocab.lang_tag_id(p.tgt_lang), vocab.CLS_ID], src, [vocab.SEP_ID]])
-        out.append(Context(head.astype(np.int32), p.image if regions else -1, int(regions)))
+        b = (NO_BUDGET if budget is None or p.task not in TASKS  # fitted_head names an unknown task
+             else budget if isinstance(budget, (int, np.integer)) else budget[p.task])
+        try:
+            head, regions = fitted_head(dataclasses.replace(p, tgt_ids=np.zeros(0, np.int32)), b)
+        except ValueError as err:
+            raise ValueError(f"pair {i}: {err}") from err
+        out.append(Context(head, p.image if regions else -1, regions))
     return out
 
 

@@ -10,6 +10,7 @@ benchmarks/decode_speed.py times our decoder against `reference_greedy`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -18,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from bertgen_jax import vocab
-from bertgen_jax.data.one_pass import Segment, context_positions
+from bertgen_jax.data.one_pass import Segment, segment
 from bertgen_jax.data.rows import RowSpec, assemble_row, stack_rows
 from bertgen_jax.data.unroll import Example
 from bertgen_jax.decode import engine
@@ -121,19 +122,12 @@ def sequence_logprobs(model, pairs, ids, regions=None, *, max_len=None, budget=N
 def one_pass_example(ctx: engine.Context, prefix) -> Segment:
     """The one-pass segment of ctx with content `prefix` and only its last query Q_(t+1)
     (data/one_pass.py's layout and ranks): what a one-pass model predicts the next token from."""
-    prefix = np.asarray(prefix, np.int32)
-    t, h, r = len(prefix), len(ctx.head), ctx.regions
-    kind = np.concatenate([np.full(h, KIND_TEXT), np.full(r, KIND_REGION), [KIND_END], np.full(t + 1, KIND_TEXT)])
-    region_index = np.where(kind == KIND_TEXT, 0 if r else -1, -1)
-    region_index[h:h + r] = np.arange(r)
-    return Segment(
-        token_ids=np.concatenate([ctx.head, np.zeros(r + 1, np.int32), prefix, [vocab.MASK_ID]]).astype(np.int32),
-        token_kind=kind.astype(np.int32), token_type=np.where(kind == KIND_TEXT, TYPE_TEXT, TYPE_VISUAL).astype(np.int32),
-        positions=np.concatenate([context_positions(h, r), h + np.arange(t + 1)]).astype(np.int32),
-        region_index=region_index.astype(np.int32),
-        attention_rank=np.concatenate([np.zeros(h + r + 1), 2 * np.arange(1, t + 1), [2 * t + 1]]).astype(np.int32),
-        mask_indices=np.array([len(kind) - 1], np.int32), labels=np.zeros(1, np.int32),
-        image=ctx.image, num_regions=r, flip=False)
+    full = segment(ctx.head, ctx.regions, ctx.image, prefix)
+    t, c = len(prefix), len(ctx.head) + ctx.regions + 1
+    keep = np.concatenate([np.arange(c + t), full.mask_indices[t:]])  # drop the queries Q_1..Q_t
+    per_token = ("token_ids", "token_kind", "token_type", "positions", "region_index", "attention_rank")
+    return dataclasses.replace(full, **{f: getattr(full, f)[keep] for f in per_token},
+                               mask_indices=np.array([len(keep) - 1], np.int32), labels=full.labels[t:])
 
 
 def one_pass_greedy(model, pairs, regions=None, *, max_len=150, budget=None) -> list[np.ndarray]:
