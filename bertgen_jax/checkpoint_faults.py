@@ -98,12 +98,19 @@ def _orbax_raised(err: BaseException | None) -> bool:
     return False
 
 
+def _tensorstore_read(err: BaseException | None) -> bool:
+    """A TensorStore read of orbax's array files that failed (e.g. a truncated checkpoint being
+    restored): raised by TensorStore's C++ futures, so no orbax frame is on its traceback, and
+    asyncio reports it only when the abandoned future is collected, possibly much later."""
+    return err is not None and "in OCDBT database at" in str(err)
+
+
 class _OrbaxErrorsToDebug(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
         if (_ORBAX in record.pathname or _orbax_on_stack()
-                or (record.exc_info and _orbax_raised(record.exc_info[1]))):
+                or (record.exc_info and (_orbax_raised(record.exc_info[1]) or _tensorstore_read(record.exc_info[1])))):
             log.debug("orbax: %s", record.getMessage(), exc_info=record.exc_info)
             return False
         return True
