@@ -1,20 +1,24 @@
 """The one-pass objective in benchmarks/run.py (`--one-pass`): its training side, the cached
 decoder, and the workload that lets every side train on exactly the same pairs.
 
-The workload is defined by pairs, not by batches. Pairs of the shared pool (sides.POOL_PAIRS,
-in pool order, each with a fixed flip) are packed as one-pass segments (data/one_pass.py) into
-steps of `--one-pass-rows` rows of 256 tokens, 96 target slots and 128 region slots, first fit,
-a step closing at the first segment that fits in none of its rows (BatchIterator's rule with
-window 1, through the same RowFiller and assemble_row). The pairs of the first `--warmup` steps
-warm up every side; the pairs of the next `--steps` steps are the timed ones. The unrolled sides
-(ours, packed; the reference, unpacked from ours) train the n+1 unrolled examples of those same
-pairs, packed the same way into steps of `--rows` rows of sides.ROW_LENGTH tokens; their last
-step is partly filled. So every side makes the same predictions (label slots of weight > 0:
-y_1..y_n and `[STOP]` of each pair) over its timed steps, whatever their number.
+The workload is defined by pairs, not by batches. The one-pass steps come from the training
+pipeline itself: a BatchIterator (objective "one_pass", `--window` pairs open, the config's
+default 32) over one stream of the shared pool (sides.POOL_PAIRS), `--one-pass-rows` rows of 256
+tokens, 72 target slots and 96 region slots a step. It records every pair it draws with its
+flip, so the pairs each step completed are known (a one-pass pair is one segment, placed whole).
+The pairs of the first `--warmup` steps warm up every side; the pairs of the next `--steps`
+steps are the timed ones. The unrolled sides (ours, packed; the reference, unpacked from ours)
+train the n+1 unrolled examples of those same pairs with the same flips, packed first fit
+into steps of `--rows` rows of sides.ROW_LENGTH tokens (a step closing at the first example
+that fits in none of its rows); their last step is partly filled. So every side makes the same
+predictions (label slots of weight > 0: y_1..y_n and `[STOP]` of each pair) over its timed
+steps, whatever their number.
 
-Rows of 256 tokens on both sides make a row cost the same; 128 region slots hold about three
-visual segments (one image each, up to 54 regions here); 96 target slots are never the limit
-(a row of 256 tokens holds about 60 targets). Packing density then 0.85-0.89 per step.
+The row: 256 tokens on both sides make a row cost the same; 96 region slots hold one or two
+images' regions (up to 54 each here, as configs/multitask.py:paper); 72 target slots are the
+fewest that cost no packing at this length (a row holds about 58 targets; the vocabulary head
+runs at every slot, so 96 slots cost about 6% more per prediction at base on a CPU for about 2%
+more targets a row). Packing density is then 0.90-0.91 with a window of 32 pairs, 0.86 with 1.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ import numpy as np
 
 from benchmarks import sides, workload
 from bertgen_jax.data.one_pass import one_pass
-from bertgen_jax.data.pipeline import DEFAULT_BUDGETS
+from bertgen_jax.data.pipeline import DEFAULT_BUDGETS, BatchIterator, Stream
 from bertgen_jax.data.rows import RowFiller, RowSpec, assemble_row, real_token_fraction, stack_rows
 from bertgen_jax.data.unroll import unroll
 
-ONE_PASS_ROW = (256, 96, 128)  # tokens, target slots, region slots of a one-pass row
+ONE_PASS_ROW = (256, 72, 96)  # tokens, target slots, region slots of a one-pass row
+WINDOW = 32  # pairs open at once in the one-pass pipeline: configs/base.py's data.window
 
 
 def one_pass_config(cfg):
@@ -39,12 +44,23 @@ def one_pass_config(cfg):
 
 
 def _pool(cfg, seed: int):
-    """The shared pool (as sides.host_batches draws from), its regions and one flip per pair."""
+    """The shared pool (as sides.host_batches draws from) and its cached regions."""
     pairs, regions_of = workload.synthetic_pairs(sides.POOL_PAIRS, seed, cfg.vocab_size,
                                                  feature_dim=cfg.feature_dim)
-    rng = np.random.default_rng([seed, 11])
-    flips = [bool(rng.random() < 0.5) and p.task != "mt" for p in pairs]  # MT has no image to mirror
-    return pairs, functools.lru_cache(maxsize=None)(regions_of), flips
+    return pairs, functools.lru_cache(maxsize=None)(regions_of)
+
+
+class _Recording(BatchIterator):
+    """The training pipeline's iterator, remembering each pair it draws as (pair index, flip)."""
+
+    def __init__(self, *args, **kwargs):
+        self.drawn: list[tuple[int, int]] = []
+        super().__init__(*args, **kwargs)
+
+    def _draw(self):
+        s, i, t, flip = super()._draw()
+        self.drawn.append((i, flip))
+        return s, i, t, flip
 
 
 def _batch(filler: RowFiller, spec: RowSpec, regions_of) -> dict:
@@ -69,33 +85,37 @@ def fill(items, spec: RowSpec, rows: int, regions_of):
         yield _batch(filler, spec, regions_of), count
 
 
-def pair_workload(cfg, rows: int, warmup: int, steps: int, seed: int):
+def pair_workload(cfg, rows: int, warmup: int, steps: int, seed: int, window: int = WINDOW):
     """(one-pass batches (warm-up first), warm-up pairs, timed pairs, regions_of), each pair as
     (Pair, flip). The one-pass steps decide which pairs are timed; see the module docstring."""
-    pairs, regions_of, flips = _pool(cfg, seed)
+    pairs, regions_of = _pool(cfg, seed)
     spec = RowSpec(*ONE_PASS_ROW, cfg.feature_dim, attention_rank=True)
-    segments = (one_pass(p, DEFAULT_BUDGETS[p.task], flip=f) for p, f in zip(pairs, flips))
-    batches, counts = [], []
-    for batch, count in fill(segments, spec, rows, regions_of):
-        if len(batches) == warmup + steps:
-            break
-        batches.append(batch)
-        counts.append(count)
-    if len(batches) < warmup + steps or sum(counts) == len(pairs):  # the pool ran out: last step partial
-        raise ValueError(f"{warmup + steps} one-pass steps of {rows} rows need more than the pool's {len(pairs)} pairs")
-    cut, end = sum(counts[:warmup]), sum(counts)
-    tagged = list(zip(pairs, flips))
-    return batches, tagged[:cut], tagged[cut:end], regions_of
+    it = _Recording([Stream("synthetic", pairs)], regions_of, spec, rows, "packed", DEFAULT_BUDGETS,
+                    seed=seed, window=window, objective="one_pass")
+    batches, placed = [], []  # placed[k]: the (pair, flip) of the pairs step k completed
+    done: set[tuple[int, int]] = set()
+    for _ in range(warmup + steps):
+        batches.append(next(it))
+        state = it.get_state()
+        if state["epochs"][0]:  # a second epoch would draw pairs again
+            raise ValueError(f"{warmup + steps} one-pass steps of {rows} rows need more than the pool's "
+                             f"{len(pairs)} pairs")
+        still_open = {(o[1], o[3]) for o in state["open"] if o[0] >= 0}
+        new = [d for d in it.drawn if d not in done and d not in still_open]
+        done.update(new)
+        placed.append([(pairs[i], bool(flip)) for i, flip in new])
+    return batches, sum(placed[:warmup], []), sum(placed[warmup:], []), regions_of
 
 
 def _unrolled(tagged) -> list:
     return [ex for p, f in tagged for ex in unroll(p, DEFAULT_BUDGETS[p.task], flip=f)]
 
 
-def unrolled_batches(cfg, rows: int, one_pass_rows: int, warmup: int, steps: int, seed: int):
+def unrolled_batches(cfg, rows: int, one_pass_rows: int, warmup: int, steps: int, seed: int,
+                     window: int = WINDOW):
     """The unrolled sides' packed batches (`warmup` from the warm-up pairs, then every batch of
     the timed pairs' examples) and the seconds it took to build them."""
-    _, warm, timed, regions_of = pair_workload(cfg, one_pass_rows, warmup, steps, seed)
+    _, warm, timed, regions_of = pair_workload(cfg, one_pass_rows, warmup, steps, seed, window)
     start = time.perf_counter()
     spec = RowSpec(sides.ROW_LENGTH, sides.ROW_TARGETS, sides.ROW_REGIONS, cfg.feature_dim)
     first = [b for b, _ in fill(_unrolled(warm), spec, rows, regions_of)]
@@ -115,9 +135,11 @@ def side_one_pass(args, cfg) -> dict:
     import jax
     sides._jax_setup(args)
     out = {"load_start": sides._load(), "backend": jax.default_backend(),
-           "row": dict(zip(("length", "targets", "regions"), ONE_PASS_ROW)), "rows": args.one_pass_rows}
+           "row": dict(zip(("length", "targets", "regions"), ONE_PASS_ROW)), "rows": args.one_pass_rows,
+           "window": args.window}
     start = time.perf_counter()
-    batches, _, timed_pairs, _ = pair_workload(cfg, args.one_pass_rows, args.warmup, args.steps, args.seed)
+    batches, _, timed_pairs, _ = pair_workload(cfg, args.one_pass_rows, args.warmup, args.steps, args.seed,
+                                                  args.window)
     build_s = time.perf_counter() - start
     times, steps, params, opt_state, stats, mesh = sides.timed_steps(one_pass_config(cfg), batches, args.seed)
     out["first_step_s"] = times[0]  # compile + run
@@ -190,8 +212,8 @@ def table(one: dict, ours: dict, ref: dict, dec: dict | None, cmp: dict) -> str:
         rows.append(("greedy sentences/s", dec["cached_sentences_per_s"], dec["ours_sentences_per_s"],
                      dec["reference_sentences_per_s"]))
     lines = [f"one-pass: {one['pairs']} timed pairs, {one['predictions']} predictions ({one['target_tokens']} "
-             f"without [STOP]) on every side; timed steps one-pass {len(one['step_s'])} x {one['rows']} rows, "
-             f"unrolled {len(ours['step_s'])}, reference {len(ref['step_s'])}",
+             f"without [STOP]) on every side; timed steps one-pass {len(one['step_s'])} x {one['rows']} rows "
+             f"(window {one.get('window', 1)}), unrolled {len(ours['step_s'])}, reference {len(ref['step_s'])}",
              "", f"| {'':34} | {'one-pass':>10} | {'unrolled':>10} | {'reference':>10} "
              f"| {'1p/ref':>7} | {'1p/unr':>7} |",
              f"|{'-' * 36}|{'-' * 12}:|{'-' * 12}:|{'-' * 12}:|{'-' * 9}:|{'-' * 9}:|"]

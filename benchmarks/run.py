@@ -3,7 +3,7 @@
 
     python benchmarks/run.py --size base [--steps N] [--decode-sentences N] [--json PATH] [--phases]
     python benchmarks/run.py --size base --device gpu [--dtype bfloat16] --json PATH
-    python benchmarks/run.py --size demo|base --one-pass --steps 5 --max-len 48 --json PATH
+    python benchmarks/run.py --size demo|base --one-pass [--steps N] --max-len 48 --json PATH
 
 `--one-pass` adds the one-pass objective (benchmarks/one_pass_sides.py): a third training side
 (ours with objective "one_pass", `--one-pass-rows` rows a step) and the cached decoder beside
@@ -78,9 +78,11 @@ DEFAULTS = {"micro": (2, 2, 8), "tiny": (8, 10, 32), "small": (8, 5, 16), "base"
 # keeps the reference's full-vocabulary logits and their gradients (~200 positions each) in memory.
 GPU_DEFAULTS = {"micro": (2, 2, 8), "tiny": (64, 20, 512), "small": (64, 20, 512), "base": (32, 10, 256)}
 DEFAULTS["demo"], GPU_DEFAULTS["demo"] = DEFAULTS["tiny"], GPU_DEFAULTS["tiny"]
-# One-pass rows per step (--one-pass): a one-pass row holds ~55 predictions, so the reference,
-# training the same pairs at ~1 example/s at base on 2 cores, keeps to minutes at 1 row.
-ONE_PASS_ROWS = {"micro": 1, "demo": 4, "tiny": 4, "small": 2, "base": 1}
+# One-pass rows per step (--one-pass): a one-pass row holds ~58 predictions. At base on a CPU,
+# 4 rows (the unrolled side's 1,024 token positions a step) cost 1.36 s a row against 1.5 (2
+# rows) and 1.9 (1 row); the reference, training the same pairs at ~2 predictions/s, then takes
+# about 2 minutes a timed step.
+ONE_PASS_ROWS = {"micro": 1, "demo": 4, "tiny": 4, "small": 2, "base": 4}
 GPU_ONE_PASS_ROWS = {"micro": 1, "demo": 16, "tiny": 16, "small": 16, "base": 8}
 SIDES = {**sides.SIDES, "one_pass": one_pass_sides.side_one_pass}
 
@@ -200,6 +202,8 @@ def parse(argv=None):
     ap.add_argument("--one-pass", action="store_true", help="add the one-pass objective's training side "
                     "and the cached decoder; every side trains the pairs of the one-pass steps")
     ap.add_argument("--one-pass-rows", type=int, help="one-pass rows per step (default per size)")
+    ap.add_argument("--window", type=int, default=one_pass_sides.WINDOW,
+                    help="pairs open at once in the one-pass pipeline (default: the config's data.window)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)

@@ -93,7 +93,8 @@ def training_batches(args, cfg):
     the one-pass steps hold (one_pass_sides.unrolled_batches), however many they fill."""
     if getattr(args, "one_pass", False):
         from benchmarks import one_pass_sides
-        return one_pass_sides.unrolled_batches(cfg, args.rows, args.one_pass_rows, args.warmup, args.steps, args.seed)
+        return one_pass_sides.unrolled_batches(cfg, args.rows, args.one_pass_rows, args.warmup, args.steps, args.seed,
+                                               args.window)
     return host_batches(cfg, args.rows, args.warmup + args.steps, args.seed)
 
 

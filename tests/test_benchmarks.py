@@ -197,8 +197,11 @@ def test_one_pass_sides_make_the_same_predictions(one_pass_result):
 
 def test_one_pass_workload_is_the_same_pairs():
     """In-process, no model: the unrolled batches of the timed pairs hold exactly the labels of
-    the one-pass batches, and the warm-up pairs are kept apart from the timed ones."""
+    the one-pass batches, and the warm-up pairs are kept apart from the timed ones. The one-pass
+    batches come from the training pipeline with the configs' window."""
     from benchmarks import one_pass_sides
+    from configs import base
+    assert one_pass_sides.WINDOW == base.get_config().data.window
     cfg = bench.model_config("micro")
     one, warm, timed, _ = one_pass_sides.pair_workload(cfg, 1, 1, 2, 0)
     unrolled, _ = one_pass_sides.unrolled_batches(cfg, 2, 1, 1, 2, 0)
