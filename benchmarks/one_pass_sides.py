@@ -4,7 +4,7 @@ decoder, and the workload that lets every side train on exactly the same pairs.
 The workload is defined by pairs, not by batches. The one-pass steps come from the training
 pipeline itself: a BatchIterator (objective "one_pass", `--window` pairs open, the config's
 default 32) over one stream of the shared pool (sides.POOL_PAIRS), `--one-pass-rows` rows of 256
-tokens, 72 target slots and 96 region slots a step. It records every pair it draws with its
+tokens, 72 target slots and 96 region slots a row. It records every pair it draws with its
 flip, so the pairs each step completed are known (a one-pass pair is one segment, placed whole).
 The pairs of the first `--warmup` steps warm up every side; the pairs of the next `--steps`
 steps are the timed ones. The unrolled sides (ours, packed; the reference, unpacked from ours)
@@ -15,10 +15,10 @@ predictions (label slots of weight > 0: y_1..y_n and `[STOP]` of each pair) over
 steps, whatever their number.
 
 The row: 256 tokens on both sides make a row cost the same; 96 region slots hold one or two
-images' regions (up to 54 each here, as configs/multitask.py:paper); 72 target slots are the
-fewest that cost no packing at this length (a row holds about 58 targets; the vocabulary head
-runs at every slot, so 96 slots cost about 6% more per prediction at base on a CPU for about 2%
-more targets a row). Packing density is then 0.90-0.91 with a window of 32 pairs, 0.86 with 1.
+images' regions (up to 54 each here), as the one-pass default (configs/base.py). 72 target slots: a row
+then holds about 58 targets; 96 slots would hold 2% more but make a base step about 9% slower
+on a CPU (the vocabulary head runs at every slot, filled or not), 64 would hold 3% fewer.
+Packing density is then about 0.91 with a window of 32 pairs, 0.86 with 1.
 """
 
 from __future__ import annotations
