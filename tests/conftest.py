@@ -8,6 +8,15 @@ import pytest
 # Tests run on the CPU; a mesh test asks for fake devices itself.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+def tiny_config(manifest, **overrides):
+    """configs/multitask.py:tiny on the ToyWorld manifest at `manifest`, with flattened overrides."""
+    from configs import multitask
+    config = multitask.get_config("tiny")
+    config.data.manifest = str(manifest)
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
 TINY_HF = dict(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                intermediate_size=37, max_position_embeddings=64, type_vocab_size=2)
 

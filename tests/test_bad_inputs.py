@@ -17,6 +17,7 @@ import pytest
 
 from bertgen_jax import toyworld
 from bertgen_jax.errors import ConfigError, DataError
+from conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANGS = "['cs', 'de', 'en', 'fr', 'tr']"
@@ -28,14 +29,6 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("toyworld")
     toyworld.generate(str(root), seed=0, scale="tiny", progress=False)
     return root
-
-
-def tiny_config(manifest, **overrides):
-    from configs import multitask
-    config = multitask.get_config("tiny")
-    config.data.manifest = str(manifest)
-    config.update_from_flattened_dict(overrides)
-    return config
 
 
 def cli(module, *args, env=None):

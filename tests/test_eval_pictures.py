@@ -14,6 +14,7 @@ from PIL import Image
 
 from bertgen_jax import eval_pictures, results_chart, toyworld
 from bertgen_jax.toyworld.render import Pictures
+from conftest import tiny_config
 
 
 STREAMS = ("ic_en", "ic_fr", "mmt_en-de", "mmt_de-fr", "mt_en-de")  # fewer sets, a faster run
@@ -27,14 +28,6 @@ def manifest(tmp_path_factory):
     few = dict(full, streams=[s for s in full["streams"] if s["name"] in STREAMS])
     (root / "few_streams.json").write_text(json.dumps(few))
     return str(root / "few_streams.json")
-
-
-def tiny_config(manifest, **overrides):
-    from configs import multitask
-    config = multitask.get_config("tiny")
-    config.data.manifest = manifest
-    config.update_from_flattened_dict(overrides)
-    return config
 
 
 def events(logdir):
