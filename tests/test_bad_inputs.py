@@ -17,7 +17,7 @@ import pytest
 
 from bertgen_jax import toyworld
 from bertgen_jax.errors import ConfigError, DataError
-from conftest import tiny_config
+from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANGS = "['cs', 'de', 'en', 'fr', 'tr']"

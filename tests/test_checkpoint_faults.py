@@ -17,7 +17,8 @@ import types
 import pytest
 
 from bertgen_jax import checkpoint, errors, files, toyworld, train
-from tests.test_train import REPO, tiny_config
+from tests.conftest import tiny_config
+from tests.test_train import REPO
 
 BASE = {"train.steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": 3, "train.log_every": 2,
         "eval.batches": 0, "eval.decode": False}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from bertgen_jax import eval_pictures, results_chart, toyworld
 from bertgen_jax.toyworld.render import Pictures
-from conftest import tiny_config
+from tests.conftest import tiny_config
 
 
 STREAMS = ("ic_en", "ic_fr", "mmt_en-de", "mmt_de-fr", "mt_en-de")  # fewer sets, a faster run

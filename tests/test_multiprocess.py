@@ -26,7 +26,7 @@ def one_process_reference(manifest: str) -> dict:
     from bertgen_jax.data.rows import RowSpec
     from bertgen_jax.reporting import summarize
     from bertgen_jax.train import _init_model, _stack
-    from tests.test_train import tiny_config
+    from tests.conftest import tiny_config
 
     config = tiny_config(manifest, **{"train.steps": STEPS})
     budgets = dict(config.data.budgets)

@@ -22,7 +22,7 @@ def checks(manifest: str) -> dict:
     from bertgen_jax.data.pipeline import BatchIterator, Stream
     from bertgen_jax.data.rows import RowSpec
     from bertgen_jax.train import _init_model, _stack
-    from tests.test_train import tiny_config
+    from tests.conftest import tiny_config
 
     config = tiny_config(manifest, **{"optim.lr": 3e-3, "optim.warmup_steps": 1})
     data = datasets.load(config.data, "/unused", dict(config.data.budgets).__getitem__, splits=("train",))

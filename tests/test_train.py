@@ -14,7 +14,7 @@ import pytest
 
 from bertgen_jax import errors, toyworld
 from bertgen_jax.reporting import tag_name
-from conftest import tiny_config
+from tests.conftest import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,10 +111,9 @@ def test_main_smoke_events_checkpoint_loss_down_one_compile(manifest, env, tmp_p
 DRIVER = textwrap.dedent("""
     import json, logging, os, signal, sys
     sys.path.insert(0, {repo!r})
-    sys.path.insert(0, os.path.join({repo!r}, "tests"))
     logging.basicConfig(level=logging.INFO)
     from bertgen_jax import checkpoint, train
-    from conftest import tiny_config
+    from tests.conftest import tiny_config
     kill_at, term_at = {kill_at}, {term_at}
     save = checkpoint.Checkpoints.save
     def save_then_die(self, step, *args, **kwargs):
